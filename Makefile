@@ -1,0 +1,53 @@
+# omnifast: `make demo` and `make test` set everything up on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+DEPS_STAMP := $(VENV)/.omnifast-deps
+EXT_STAMP := $(VENV)/.omnifast-ext
+EXT_SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh' 2>/dev/null) \
+	setup.py pyproject.toml omnifast/_build_config.py
+PYTEST_ARGS ?=
+
+.PHONY: install ext test demo bench clean lint check-sm90 help
+
+help:
+	@echo "make install   create .venv, install pinned dependencies, build omnifast._C"
+	@echo "make test      install, then run the test suite"
+	@echo "make demo      install, then fit a generated clip and write the pictures"
+	@echo "make bench     install, then run the benchmark suites"
+	@echo "make lint      ruff"
+
+$(DEPS_STAMP): requirements.txt requirements-dev.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip "setuptools>=77.0.3" wheel
+	$(PIP) install -q -r requirements-dev.txt
+	@touch $@
+
+# Editable install without build isolation: compiles omnifast._C against the venv's torch.
+$(EXT_STAMP): $(DEPS_STAMP) $(EXT_SOURCES)
+	flock .build.lock $(PIP) install -q --no-build-isolation --no-deps -e .
+	@touch $@
+
+install: $(EXT_STAMP)
+
+# Rebuild only the extension, in place (serialised by a lock so parallel builds don't collide).
+ext: $(DEPS_STAMP)
+	flock .build.lock $(PY) setup.py -q build_ext --inplace
+	@touch $(EXT_STAMP)
+
+test: install
+	$(PY) -m pytest -q tests $(PYTEST_ARGS)
+
+demo: install
+	$(PY) -m omnifast.demo
+
+bench: install
+	$(PY) -m pytest benchmarks --benchmark-only -q
+
+lint: $(DEPS_STAMP)
+	$(VENV)/bin/ruff check omnifast kernels tests benchmarks
+
+clean:
+	rm -rf build dist *.egg-info omnifast/_C*.so .pytest_cache .benchmarks

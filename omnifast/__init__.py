@@ -1,0 +1,33 @@
+"""omnifast: OmniMotion dense long-range point tracking, made fast.
+
+``import omnifast`` never compiles anything and works without a GPU, without Triton and
+without the built extension ``omnifast._C`` (the reference PyTorch path is used then).
+"""
+
+import torch  # noqa: F401  (must come before the compiled extension is imported)
+
+from omnifast.config import CPU, OMNIMOTION, PRESETS, ModelConfig, Preset, TrainConfig, get_preset
+from omnifast.dispatch import (
+    BackendUnavailableError,
+    available_backends,
+    backend,
+    get_backend,
+    get_matmul_precision,
+    matmul_precision,
+)
+from omnifast.model import (
+    OmniMotion,
+    load_checkpoint,
+    load_omnimotion_checkpoint,
+    save_checkpoint,
+)
+from omnifast.model.checkpoint import CheckpointError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CPU", "OMNIMOTION", "PRESETS", "BackendUnavailableError", "CheckpointError", "ModelConfig",
+    "OmniMotion", "Preset", "TrainConfig", "available_backends", "backend", "get_backend",
+    "get_matmul_precision", "get_preset", "load_checkpoint", "load_omnimotion_checkpoint",
+    "matmul_precision", "save_checkpoint",
+]

@@ -1,0 +1,205 @@
+"""Backend dispatch and matmul-precision switch shared by every fused op.
+
+Backends:
+
+* ``"torch"``: :mod:`omnifast.reference`, pure PyTorch, any device, any float dtype.
+* ``"cpu"``: the C++/OpenMP kernels in ``omnifast._C``, CPU tensors.
+* ``"triton"``: the Triton kernels in ``omnifast.kernels``, CUDA tensors (or CPU tensors when
+  ``TRITON_INTERPRET=1``, which is how the tests run them without a GPU).
+* ``"cuda"``: the CUDA kernels in ``omnifast._C``, CUDA tensors, CUDA builds only.
+
+The backend is chosen by ``with omnifast.backend(name):``, else ``OMNIFAST_BACKEND``, else
+``"auto"``. Automatic choice takes the first backend that can run the op on the tensors' device
+and dtype (CUDA tensors: cuda, triton, torch; CPU tensors: cpu, torch) and falls back quietly.
+An explicit backend that cannot run raises :class:`BackendUnavailableError` saying why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import importlib.util
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+from omnifast._ext import extension_error, load_extension
+
+BACKENDS = ("torch", "cpu", "triton", "cuda")
+PRECISIONS = ("fp32", "tf32", "bf16")
+
+_AUTO_ORDER = {"cuda": ("cuda", "triton", "torch"), "cpu": ("cpu", "torch")}
+
+_backend_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "omnifast_backend", default=None
+)
+_precision_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "omnifast_matmul_precision", default=None
+)
+
+
+class BackendUnavailableError(RuntimeError):
+    """An explicitly requested backend cannot run the requested op."""
+
+
+def _check_name(name: str, allowed: tuple[str, ...], what: str) -> str:
+    if not isinstance(name, str) or name.lower() not in allowed:
+        raise ValueError(f"unknown {what} {name!r}; choose one of {', '.join(allowed)}")
+    return name.lower()
+
+
+@contextlib.contextmanager
+def backend(name: str) -> Iterator[None]:
+    """Select the kernel backend inside a ``with`` block.
+
+    Args:
+        name: ``"auto"``, ``"torch"``, ``"cpu"``, ``"triton"`` or ``"cuda"``.
+    """
+    token = _backend_var.set(_check_name(name, ("auto",) + BACKENDS, "backend"))
+    try:
+        yield
+    finally:
+        _backend_var.reset(token)
+
+
+def get_backend() -> str:
+    """The requested backend: the innermost ``backend()`` block, else ``OMNIFAST_BACKEND``."""
+    name = _backend_var.get()
+    if name is None:
+        name = _check_name(os.environ.get("OMNIFAST_BACKEND", "auto"), ("auto",) + BACKENDS,
+                           "OMNIFAST_BACKEND value")
+    return name
+
+
+@contextlib.contextmanager
+def matmul_precision(name: str) -> Iterator[None]:
+    """Select the precision of the MLP matrix products inside a ``with`` block.
+
+    Args:
+        name: ``"fp32"`` (default), ``"tf32"`` (TF32 tensor cores on GPUs; plain fp32 on the CPU)
+            or ``"bf16"`` (bf16 operands, fp32 accumulation; coordinates stay fp32).
+    """
+    token = _precision_var.set(_check_name(name, PRECISIONS, "matmul precision"))
+    try:
+        yield
+    finally:
+        _precision_var.reset(token)
+
+
+def get_matmul_precision() -> str:
+    """The active matmul precision: the innermost block, else ``OMNIFAST_MATMUL_PRECISION``."""
+    name = _precision_var.get()
+    if name is None:
+        name = _check_name(os.environ.get("OMNIFAST_MATMUL_PRECISION", "fp32"), PRECISIONS,
+                           "OMNIFAST_MATMUL_PRECISION value")
+    return name
+
+
+def triton_interpret() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def backend_unavailable_reason(name: str, device: torch.device) -> str | None:
+    """Why backend ``name`` cannot run on ``device`` at all (``None`` when it can)."""
+    device = torch.device(device)
+    if name == "torch":
+        return None
+    if name == "cpu":
+        if device.type != "cpu":
+            return f"the 'cpu' backend runs on CPU tensors, got {device.type} tensors"
+        if load_extension() is None:
+            return extension_error()
+        return None
+    if name == "triton":
+        if importlib.util.find_spec("triton") is None:
+            return "triton is not installed (pip install triton)"
+        if device.type == "cuda":
+            return None
+        if device.type == "cpu" and triton_interpret():
+            return None
+        return (f"Triton kernels run on CUDA tensors, got {device.type} tensors "
+                "(set TRITON_INTERPRET=1 before importing triton to run them slowly on the CPU)")
+    if name == "cuda":
+        if device.type != "cuda":
+            return f"the 'cuda' backend runs on CUDA tensors, got {device.type} tensors"
+        ext = load_extension()
+        if ext is None:
+            return extension_error()
+        if not ext.has_cuda():
+            return ("omnifast._C was built without CUDA sources (CPU build of torch or no nvcc); "
+                    "rebuild on a machine with a CUDA build of torch and nvcc")
+        return None
+    raise ValueError(f"unknown backend {name!r}")
+
+
+@dataclass(frozen=True)
+class _Impl:
+    fn: Callable
+    supports: Callable[..., str | None] | None
+
+
+_REGISTRY: dict[str, dict[str, _Impl]] = {}
+
+
+def register(op: str, backend_name: str, supports: Callable[..., str | None] | None = None):
+    """Decorator registering ``fn`` as ``backend_name``'s implementation of ``op``.
+
+    ``supports(device, dtype)`` may return a reason string when this implementation cannot run
+    on those tensors (for example an unsupported dtype).
+    """
+    _check_name(backend_name, BACKENDS, "backend")
+
+    def deco(fn: Callable) -> Callable:
+        _REGISTRY.setdefault(op, {})[backend_name] = _Impl(fn, supports)
+        return fn
+
+    return deco
+
+
+def _reason(op: str, name: str, device: torch.device, dtype: torch.dtype) -> str | None:
+    impl = _REGISTRY.get(op, {}).get(name)
+    if impl is None:
+        return f"the '{name}' backend has no implementation of {op}"
+    reason = backend_unavailable_reason(name, device)
+    if reason is None and impl.supports is not None:
+        reason = impl.supports(device, dtype)
+    return reason
+
+
+def resolve(op: str, device: torch.device, dtype: torch.dtype) -> tuple[str, Callable]:
+    """Pick the backend that runs ``op`` on tensors of this device and dtype.
+
+    Returns:
+        ``(backend name, implementation)``.
+
+    Raises:
+        BackendUnavailableError: an explicitly requested backend cannot run it.
+    """
+    device = torch.device(device)
+    requested = get_backend()
+    if requested != "auto":
+        reason = _reason(op, requested, device, dtype)
+        if reason is not None:
+            raise BackendUnavailableError(
+                f"omnifast backend '{requested}' cannot run {op} on {device.type} {dtype}: "
+                f"{reason}. Use `omnifast.backend('auto')` (or unset OMNIFAST_BACKEND) to fall "
+                "back to the best available backend."
+            )
+        return requested, _REGISTRY[op][requested].fn
+    for name in _AUTO_ORDER.get(device.type, ("torch",)):
+        if _reason(op, name, device, dtype) is None:
+            return name, _REGISTRY[op][name].fn
+    raise BackendUnavailableError(f"no backend can run {op} on {device.type} {dtype}")
+
+
+def available_backends(op: str, device: torch.device | str = "cpu",
+                       dtype: torch.dtype = torch.float32) -> dict[str, str | None]:
+    """For each backend, ``None`` if it can run ``op`` here, else the reason it cannot."""
+    device = torch.device(device)
+    return {name: _reason(op, name, device, dtype) for name in BACKENDS}
+
+
+def registered_ops() -> list[str]:
+    return sorted(_REGISTRY)

@@ -1,0 +1,23 @@
+"""Pure-PyTorch reference implementations of omnifast's fused ops.
+
+This is the oracle for the kernels' parity tests (autograd derives every backward here; nothing
+is hand-written), the fallback when no extension is built, and the baseline of the benchmarks.
+"""
+
+from omnifast.reference.bijection import (
+    CouplingParams,
+    affine_ref,
+    coupling_stack_ref,
+    positional_encoding,
+)
+from omnifast.reference.composite import composite_ref
+from omnifast.reference.linear import linear
+
+__all__ = [
+    "CouplingParams",
+    "affine_ref",
+    "composite_ref",
+    "coupling_stack_ref",
+    "linear",
+    "positional_encoding",
+]

@@ -1,0 +1,48 @@
+"""Test configuration shared by every test module.
+
+Without a GPU, Triton kernels run under the interpreter: TRITON_INTERPRET must be set before
+triton is imported (triton 3.6 requires that), so it is set here, at collection start.
+"""
+
+import os
+
+os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+
+import torch  # noqa: E402
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: needs a CUDA device")
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, *, rtol: float, atol: float,
+                 name: str = "tensor") -> None:
+    """allclose with a verbose message: how many differ, the worst index, both values."""
+    assert actual.shape == expected.shape, f"{name}: shape {tuple(actual.shape)} != " \
+                                           f"{tuple(expected.shape)}"
+    a, e = actual.detach().double().cpu(), expected.detach().double().cpu()
+    nan_a, nan_e = torch.isnan(a), torch.isnan(e)
+    assert torch.equal(nan_a, nan_e), f"{name}: NaN pattern differs ({int(nan_a.sum())} vs " \
+                                      f"{int(nan_e.sum())} NaNs)"
+    a, e = torch.where(nan_a, 0.0, a), torch.where(nan_e, 0.0, e)
+    diff = (a - e).abs()
+    bad = diff > atol + rtol * e.abs()
+    if bad.any():
+        worst = int((diff - rtol * e.abs()).flatten().argmax())
+        idx = tuple(int(i) for i in torch.unravel_index(torch.tensor(worst), a.shape))
+        raise AssertionError(
+            f"{name}: {int(bad.sum())} of {a.numel()} elements differ beyond rtol={rtol}, "
+            f"atol={atol}; worst at {idx}: got {a[idx].item():.8g}, expected {e[idx].item():.8g}"
+        )
+
+
+@pytest.fixture
+def close():
+    return assert_close
