@@ -25,6 +25,10 @@ def _load_build_config():
 
 def _extensions():
     cfg = _load_build_config()
+    if os.environ.get("OMNIFAST_BUILD_NO_EXT", "0").lower() in ("1", "true", "yes", "on"):
+        print("omnifast: OMNIFAST_BUILD_NO_EXT is set; building the pure-Python package only",
+              file=sys.stderr)
+        return [], {}
     from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 
     with_cuda, why = cfg.cuda_build_decision()

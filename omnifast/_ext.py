@@ -53,7 +53,7 @@ def _warn_if_stale(mod: ModuleType) -> None:
         if built != cfg.source_digest():
             warnings.warn(
                 "omnifast._C was built from other sources than the ones in csrc/; "
-                f"rebuild it: {_FIX}",
+                f"to use the current sources, {_FIX}",
                 stacklevel=3,
             )
     except Exception:  # noqa: BLE001 (a staleness hint must never break loading)

@@ -97,6 +97,13 @@ def get_matmul_precision() -> str:
     return name
 
 
+def _triton_installed() -> bool:
+    try:
+        return importlib.util.find_spec("triton") is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def triton_interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
@@ -113,7 +120,7 @@ def backend_unavailable_reason(name: str, device: torch.device) -> str | None:
             return extension_error()
         return None
     if name == "triton":
-        if importlib.util.find_spec("triton") is None:
+        if not _triton_installed():
             return "triton is not installed (pip install triton)"
         if device.type == "cuda":
             return None
@@ -159,11 +166,13 @@ def register(op: str, backend_name: str, supports: Callable[..., str | None] | N
 
 
 def _reason(op: str, name: str, device: torch.device, dtype: torch.dtype) -> str | None:
+    reason = backend_unavailable_reason(name, device)
+    if reason is not None:
+        return reason
     impl = _REGISTRY.get(op, {}).get(name)
     if impl is None:
         return f"the '{name}' backend has no implementation of {op}"
-    reason = backend_unavailable_reason(name, device)
-    if reason is None and impl.supports is not None:
+    if impl.supports is not None:
         reason = impl.supports(device, dtype)
     return reason
 

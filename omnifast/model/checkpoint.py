@@ -11,13 +11,11 @@ from collections.abc import Mapping
 import torch
 
 from omnifast.config import ModelConfig, config_to_dict, model_config_from_dict
-from omnifast.model.omnimotion import OmniMotion
+from omnifast.model.omnimotion import DEFAULT_SEED, OmniMotion
 
 FORMAT = "omnifast"
 FORMAT_VERSION = 1
 _NETS = ("feature_mlp", "deform_mlp", "color_mlp")
-#: coupling coordinates the original's seeded construction gives (spec 3.5): y, x, z, y, x, z
-ORIGINAL_COORDS = (1, 0, 2, 1, 0, 2)
 
 
 class CheckpointError(ValueError):
@@ -110,8 +108,8 @@ def load_omnimotion_checkpoint(path: str | os.PathLike, *, coords: tuple[int, ..
     device. Network sizes and the affine pre-layer are inferred from the keys. Checkpoints
     written before the coupling masks became buffers have no ``layers1.*.mask`` keys; their
     coordinates are then ``coords`` if given, else chosen by rendering ``reference_image`` (frame
-    0, ``[H, W, 3]`` in [0, 1]) under all 36 candidates, else the seeded construction's
-    y, x, z, y, x, z.
+    0, ``[H, W, 3]`` in [0, 1]) under all 36 candidates, else those of the original's seeded
+    construction for these sizes (y, x, z, y, x, z at the default sizes).
 
     Returns:
         an :class:`~omnifast.model.OmniMotion` in eval mode on the CPU.
@@ -128,8 +126,9 @@ def load_omnimotion_checkpoint(path: str | os.PathLike, *, coords: tuple[int, ..
     feature, deform, color = (ckpt[k] for k in _NETS)
     cfg = infer_model_config(feature, deform, color)
     has_masks = all(f"layers1.{i}.mask" in deform for i in range(cfg.num_coupling))
-    model = OmniMotion(cfg, num_frames, seed=None, coords=tuple(ORIGINAL_COORDS * 2)[
-        : cfg.num_coupling])
+    # Without mask buffers, the seeded construction (seed 1234, the original's order of random
+    # draws) regenerates the coordinates the original code would have drawn for these sizes.
+    model = OmniMotion(cfg, num_frames, seed=DEFAULT_SEED if not has_masks else None)
     model.feature_mlp.load_state_dict(feature)
     model.color_mlp.load_state_dict(color)
     missing, unexpected = model.deform_mlp.load_state_dict(deform, strict=False)
