@@ -1,0 +1,186 @@
+#!/usr/bin/env python
+"""Compile every GPU kernel of omnifast for the H100 (sm_90) without a GPU, and report.
+
+* Triton: every ``AOTSpec`` returned by ``sm90_specs()`` of the modules in ``kernels/`` is
+  compiled with ``triton.compile`` for target ``cuda``, capability 90.
+* CUDA: every ``csrc/**/*.cu`` is compiled with ``nvcc -arch=sm_90`` against the torch headers
+  (with a one-line shim for the generated CUDA macros header the CPU wheel lacks).
+
+Per kernel it prints registers, shared memory, local memory (spills), and whether the PTX of a
+matrix kernel contains tensor-core instructions (``wgmma`` or ``mma``). Exits non-zero on any
+compile error, on spills, or on a matrix kernel without tensor-core instructions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import importlib
+import os
+import pkgutil
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _cuobjdump() -> str | None:
+    import triton.backends.nvidia as nv  # noqa: PLC0415
+
+    path = os.path.join(os.path.dirname(nv.__file__), "bin", "cuobjdump")
+    return path if os.path.exists(path) else shutil.which("cuobjdump")
+
+
+def _resource_usage(cubin: bytes) -> dict[str, dict[str, int]]:
+    tool = _cuobjdump()
+    if tool is None:
+        return {}
+    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
+        f.write(cubin)
+    try:
+        out = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True,
+                             text=True).stdout
+    finally:
+        os.unlink(f.name)
+    usage, current = {}, None
+    for line in out.splitlines():
+        m = re.match(r"\s*Function (\S+):", line)
+        if m:
+            current = m.group(1)
+            continue
+        if current and "REG:" in line:
+            usage[current] = {k: int(v) for k, v in re.findall(r"(\w+):(\d+)", line)}
+    return usage
+
+
+def check_triton(verbose: bool) -> list[str]:
+    failures = []
+    try:
+        import triton  # noqa: PLC0415
+        from triton.backends.compiler import GPUTarget  # noqa: PLC0415
+        from triton.compiler import ASTSource  # noqa: PLC0415
+    except ImportError as exc:
+        return [f"triton is not importable: {exc}"]
+    import omnifast.kernels as kpkg  # noqa: PLC0415
+
+    target = GPUTarget("cuda", 90, 32)
+    print(f"== Triton {triton.__version__}: kernels compiled for sm_90")
+    print(f"{'kernel':44s} {'regs':>5s} {'smem B':>8s} {'local B':>8s} {'tensor cores':>13s}")
+    found = 0
+    for info in pkgutil.iter_modules(kpkg.__path__):
+        if info.name.startswith("_"):
+            continue
+        mod = importlib.import_module(f"omnifast.kernels.{info.name}")
+        specs_fn = getattr(mod, "sm90_specs", None)
+        if specs_fn is None:
+            failures.append(f"kernels/{info.name}.py has no sm90_specs()")
+            continue
+        for spec in specs_fn():
+            found += 1
+            sig = dict(spec.signature)
+            for name in spec.constexprs:
+                sig[name] = "constexpr"
+            try:
+                k = triton.compile(ASTSource(spec.fn, sig, constexprs=dict(spec.constexprs)),
+                                   target=target, options={"num_warps": spec.num_warps,
+                                                           "num_stages": spec.num_stages})
+            except Exception as exc:  # noqa: BLE001
+                failures.append(f"{spec.name}: compile error: {str(exc).splitlines()[0]}")
+                print(f"{spec.name:44s} COMPILE ERROR")
+                if verbose:
+                    print(exc)
+                continue
+            ptx = k.asm["ptx"]
+            tc = "wgmma" if "wgmma" in ptx else ("mma" if re.search(r"\bmma\.", ptx) else "none")
+            usage = next(iter(_resource_usage(k.asm["cubin"]).values()), {})
+            regs, local = usage.get("REG", -1), usage.get("LOCAL", 0)
+            smem = max(int(getattr(k.metadata, "shared", 0)), usage.get("SHARED", 0))
+            print(f"{spec.name:44s} {regs:5d} {smem:8d} {local:8d} {tc:>13s}")
+            if local > 0:
+                failures.append(f"{spec.name}: {local} bytes of local memory (register spills)")
+            if spec.expect_tensor_cores and tc == "none":
+                failures.append(f"{spec.name}: no wgmma/mma instructions in a matrix kernel")
+    if found == 0:
+        failures.append("no Triton kernels found to compile")
+    return failures
+
+
+def _torch_includes() -> list[str]:
+    from torch.utils.cpp_extension import include_paths  # noqa: PLC0415
+
+    return include_paths()
+
+
+def check_cuda(verbose: bool) -> list[str]:
+    nvcc = shutil.which("nvcc") or "/usr/local/cuda/bin/nvcc"
+    sources = sorted(glob.glob(os.path.join(ROOT, "csrc", "**", "*.cu"), recursive=True))
+    print(f"== CUDA: {len(sources)} source(s) compiled with {nvcc} for sm_90")
+    if not sources:
+        return []
+    if not os.path.exists(nvcc):
+        return ["nvcc not found"]
+    failures = []
+    with tempfile.TemporaryDirectory() as tmp:
+        shim = os.path.join(tmp, "shim", "c10", "cuda", "impl")
+        os.makedirs(shim)
+        with open(os.path.join(shim, "cuda_cmake_macros.h"), "w") as f:
+            f.write("#pragma once\n#define C10_CUDA_BUILD_SHARED_LIBS\n")
+        incs = [os.path.join(tmp, "shim"), os.path.join(ROOT, "csrc"), *_torch_includes()]
+        py_inc = subprocess.run([sys.executable, "-c",
+                                 "import sysconfig;print(sysconfig.get_paths()['include'])"],
+                                capture_output=True, text=True).stdout.strip()
+        incs.append(py_inc)
+        for src in sources:
+            rel = os.path.relpath(src, ROOT)
+            cmd = [nvcc, "-arch=sm_90", "-c", src, "-o", os.path.join(tmp, "k.o"), "-O3",
+                   "-std=c++17", "--resource-usage", "-DOMNIFAST_WITH_CUDA=1",
+                   "-DTORCH_EXTENSION_NAME=_C", "--expt-relaxed-constexpr",
+                   *[f"-I{i}" for i in incs]]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                failures.append(f"{rel}: nvcc failed")
+                print(f"{rel}: FAILED\n{proc.stderr[-4000:]}")
+                continue
+            print(f"{rel}: OK")
+            kernel = None
+            for line in (proc.stdout + proc.stderr).splitlines():
+                m = re.search(r"Compiling entry function '(\S+)'", line)
+                if m:
+                    kernel = m.group(1)
+                m = re.search(r"Used (\d+) registers.*?(?:(\d+) bytes smem)?", line)
+                if m and kernel:
+                    smem = re.search(r"(\d+) bytes smem", line)
+                    print(f"  {kernel[:60]:60s} regs {m.group(1):>4s} smem "
+                          f"{smem.group(1) if smem else '0':>6s}")
+                m = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", line)
+                if m and kernel and (int(m.group(1)) or int(m.group(2))):
+                    failures.append(f"{rel}:{kernel}: spills {m.group(0)}")
+    return failures
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", choices=("triton", "cuda"), default=None)
+    ap.add_argument("-v", "--verbose", action="store_true")
+    args = ap.parse_args()
+    os.environ.pop("TRITON_INTERPRET", None)
+    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    failures = []
+    if args.only in (None, "triton"):
+        failures += check_triton(args.verbose)
+    if args.only in (None, "cuda"):
+        failures += check_cuda(args.verbose)
+    if failures:
+        print("\ncheck-sm90 FAILED:")
+        for f in failures:
+            print(f"  - {f}")
+        return 1
+    print("\ncheck-sm90 OK")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
