@@ -18,7 +18,7 @@ _FIX = "build it with `make install` (or `pip install -e . --no-build-isolation`
 
 
 def load_extension() -> ModuleType | None:
-    """Return ``omnifast._C`` or ``None`` when it cannot be imported (see :func:`extension_error`)."""
+    """Return ``omnifast._C``, or ``None`` if it cannot be imported (see extension_error)."""
     global _loaded, _error, _tried
     if _tried:
         return _loaded

@@ -25,7 +25,8 @@ def test_explicit_unavailable_backend_says_why():
 def test_unregistered_op_backend_is_reported():
     dispatch.register("_only_torch_op", "torch")(lambda: "ok")
     with omnifast.backend("cpu"):
-        with pytest.raises(omnifast.BackendUnavailableError, match="no implementation|not importable"):
+        with pytest.raises(omnifast.BackendUnavailableError,
+                           match="no implementation|not importable"):
             dispatch.resolve("_only_torch_op", torch.device("cpu"), torch.float32)
     assert dispatch.resolve("_only_torch_op", torch.device("cpu"), torch.float32)[0] == "torch"
 

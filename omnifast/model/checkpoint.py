@@ -58,7 +58,8 @@ def infer_model_config(feature: Mapping, deform: Mapping, color: Mapping) -> Mod
         color_hidden = color["linear.0.weight"].shape[0]
         color_layers = _count(r"linear\.(\d+)\.weight", color)
     except (KeyError, IndexError, AttributeError) as exc:
-        raise CheckpointError(f"state dicts do not look like OmniMotion's (missing {exc})") from None
+        raise CheckpointError(
+            f"state dicts do not look like OmniMotion's (missing {exc})") from None
     if st_shapes[0][1] != code_dim + proj_dim:
         raise CheckpointError("coupling input width does not match code + projection widths")
     return ModelConfig(
@@ -149,7 +150,7 @@ def load_omnimotion_checkpoint(path: str | os.PathLike, *, coords: tuple[int, ..
 
 
 def _atomic_save(obj: object, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then rename: never a half-written file."""
+    """``torch.save`` to a temp file beside ``path``, then rename: never a half-written file."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
