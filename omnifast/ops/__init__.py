@@ -1,6 +1,6 @@
 """Fused ops: one module per op, each an autograd Function behind the backend dispatch."""
 
 from omnifast.ops.bijection import affine, coupling_stack
-from omnifast.ops.composite import composite
+from omnifast.ops.composite import composite, composite_argmax, occlusion_score
 
-__all__ = ["affine", "composite", "coupling_stack"]
+__all__ = ["affine", "composite", "composite_argmax", "coupling_stack", "occlusion_score"]

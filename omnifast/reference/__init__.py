@@ -10,14 +10,20 @@ from omnifast.reference.bijection import (
     coupling_stack_ref,
     positional_encoding,
 )
-from omnifast.reference.composite import composite_ref
+from omnifast.reference.composite import (
+    composite_argmax_ref,
+    composite_ref,
+    occlusion_score_ref,
+)
 from omnifast.reference.linear import linear
 
 __all__ = [
     "CouplingParams",
     "affine_ref",
+    "composite_argmax_ref",
     "composite_ref",
     "coupling_stack_ref",
     "linear",
+    "occlusion_score_ref",
     "positional_encoding",
 ]

@@ -1,0 +1,166 @@
+"""Benchmarks of ``composite``: providers x modes x named shapes (benchmarks/shapes.py COMPOSITE).
+
+Providers: the reference eager, the reference under ``torch.compile``, and each fused backend
+that can run here (C++ CPU; Triton and CUDA on a GPU). Modes: ``fwd`` (forward that keeps the
+autograd graph), ``bwd`` (backward alone; the forward runs in the untimed setup), ``fwdbwd``;
+the inference shape runs ``fwd`` only, under ``no_grad`` (fused providers skip the weights).
+
+Each record's ``extra_info`` holds rays/s and ``peak_extra_MB``: the peak of the memory
+allocated through ATen during one call, beyond the inputs (from the profiler's allocation
+events on the CPU, ``torch.cuda.max_memory_allocated`` on a GPU).
+
+    flock /tmp/omnifast-bench.lock .venv/bin/python -m pytest benchmarks/bench_composite.py \
+        --benchmark-only --benchmark-columns=min,median,mean,rounds -q
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from shapes import COMPOSITE
+
+import omnifast
+from omnifast.dispatch import available_backends
+from omnifast.ops.composite import composite
+from omnifast.reference.composite import composite_ref
+
+_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _fused_ok(name: str) -> bool:
+    if name == "triton" and _DEVICE == "cpu":
+        return False  # the interpreter is a correctness tool, not a benchmark provider
+    return available_backends("composite", _DEVICE)[name] is None
+
+
+PROVIDERS = ["ref_eager", "ref_compile"] + [p for p in ("cpu", "triton", "cuda") if _fused_ok(p)]
+CASES = [(shape, mode) for shape in ("train_65k",) for mode in ("fwd", "bwd", "fwdbwd")]
+CASES += [("infer_1m", "fwd")]
+
+_compiled = {}
+
+
+def _ref_fn(provider: str):
+    if provider == "ref_eager":
+        return composite_ref
+    if provider not in _compiled:
+        _compiled[provider] = torch.compile(composite_ref, dynamic=False)
+    return _compiled[provider]
+
+
+def _call(provider: str, sigma, values, need_weights=True):
+    if provider.startswith("ref_"):
+        return _ref_fn(provider)(sigma, values)
+    with omnifast.backend(provider):
+        return composite(sigma, values, need_weights=need_weights)
+
+
+def _sync():
+    if _DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
+def _peak_extra_bytes(fn) -> int:
+    """Peak bytes allocated during fn() beyond what was live before."""
+    if _DEVICE == "cuda":
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    from torch.profiler import ProfilerActivity, profile  # noqa: PLC0415
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e.time_range.start, e.self_cpu_memory_usage) for e in prof.events()
+                    if e.self_cpu_memory_usage)
+    cur = peak = 0
+    for _, b in events:
+        cur += b
+        peak = max(peak, cur)
+    return peak
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("shape_name,mode", CASES, ids=[f"{s}-{m}" for s, m in CASES])
+def test_composite(benchmark, provider, shape_name, mode):
+    shape = COMPOSITE[shape_name]
+    R, K, C = shape.rays, shape.samples, shape.channels
+    g = torch.Generator().manual_seed(0)
+    sigma = (torch.rand(R, K, generator=g) * 0.5).to(_DEVICE)
+    values = torch.randn(R, K, C, generator=g).to(_DEVICE)
+    dout = torch.randn(R, C, generator=g).to(_DEVICE)
+    dweights = torch.randn(R, K, generator=g).to(_DEVICE)
+    infer = shape_name.startswith("infer")
+    rounds = 3 if infer else 8
+
+    s_leaf = sigma.clone().requires_grad_(True)
+    v_leaf = values.clone().requires_grad_(True)
+
+    def fwd_graph():
+        return _call(provider, s_leaf, v_leaf)
+
+    def backward(out, w):
+        grads = torch.autograd.grad([out, w], [s_leaf, v_leaf], [dout, dweights])
+        _sync()
+        return grads
+
+    # correctness once, outside the timed region (on a slice for the inference shape)
+    n = 4096 if infer else R
+    s_chk, v_chk = sigma[:n].clone().requires_grad_(True), values[:n].clone().requires_grad_(True)
+    out, w = _call(provider, s_chk, v_chk)
+    out_r, w_r = composite_ref(sigma[:n], values[:n])
+    torch.testing.assert_close(out, out_r, rtol=1e-4, atol=1e-5)
+    if not infer:
+        torch.autograd.backward([out, w], [dout[:n], dweights[:n]])
+        s_r, v_r = sigma.clone().requires_grad_(True), values.clone().requires_grad_(True)
+        out_r, w_r = composite_ref(s_r, v_r)
+        torch.autograd.backward([out_r, w_r], [dout, dweights])
+        torch.testing.assert_close(s_chk.grad, s_r.grad, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(v_chk.grad, v_r.grad, rtol=1e-4, atol=1e-5)
+    del out, w, out_r, w_r, s_chk, v_chk
+
+    if infer:
+        def run():
+            with torch.no_grad():
+                res = _call(provider, sigma, values, need_weights=False)
+            _sync()
+            return res
+
+        run()  # warm-up (compiles the torch.compile provider)
+        peak = _peak_extra_bytes(run)
+        benchmark.pedantic(run, rounds=rounds, warmup_rounds=1)
+    elif mode == "fwd":
+        def run():
+            res = fwd_graph()
+            _sync()
+            return res
+
+        backward(*fwd_graph())  # warm-up (compiles forward and backward)
+        peak = _peak_extra_bytes(run)
+        benchmark.pedantic(run, rounds=rounds, warmup_rounds=1)
+    elif mode == "bwd":
+        def setup():
+            out, w = fwd_graph()
+            _sync()
+            return (out, w), {}
+
+        backward(*fwd_graph())
+        args, _ = setup()
+        peak = _peak_extra_bytes(lambda: backward(*args))
+        del args
+        benchmark.pedantic(backward, setup=setup, rounds=rounds, warmup_rounds=1)
+    else:
+        def run():
+            backward(*fwd_graph())
+
+        run()
+        peak = _peak_extra_bytes(run)
+        benchmark.pedantic(run, rounds=rounds, warmup_rounds=1)
+
+    benchmark.extra_info.update({
+        "shape": f"R={R} K={K} C={C}", "mode": mode, "provider": provider,
+        "rays_per_s": R / benchmark.stats.stats.min if benchmark.stats else None,
+        "peak_extra_MB": round(peak / 2**20, 1),
+    })

@@ -1,0 +1,311 @@
+"""Parity of the fused compositing backends with the reference (omnifast.reference.composite)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import assert_close
+
+import omnifast
+from omnifast._ext import load_extension
+from omnifast.dispatch import BackendUnavailableError, available_backends
+from omnifast.ops.composite import composite, composite_argmax, occlusion_score
+from omnifast.reference.composite import (
+    composite_argmax_ref,
+    composite_ref,
+    occlusion_score_ref,
+)
+
+
+def _has_cpu_kernels() -> bool:
+    ext = load_extension()
+    return ext is not None and hasattr(ext, "composite_fwd")
+
+
+def _has_triton() -> bool:
+    return available_backends("composite", "cuda" if torch.cuda.is_available() else "cpu")[
+        "triton"] is None
+
+
+def _has_cuda_kernels() -> bool:
+    return torch.cuda.is_available() and available_backends("composite", "cuda")["cuda"] is None
+
+
+# (backend, device, dtype)
+CASES = [
+    pytest.param("cpu", "cpu", torch.float32, id="cpu-fp32",
+                 marks=pytest.mark.skipif(not _has_cpu_kernels(), reason="omnifast._C not built")),
+    pytest.param("cpu", "cpu", torch.float64, id="cpu-fp64",
+                 marks=pytest.mark.skipif(not _has_cpu_kernels(), reason="omnifast._C not built")),
+    pytest.param("triton", "cuda" if torch.cuda.is_available() else "cpu", torch.float32,
+                 id="triton-fp32",
+                 marks=pytest.mark.skipif(not _has_triton(), reason="triton cannot run here")),
+    pytest.param("cuda", "cuda", torch.float32, id="cuda-fp32",
+                 marks=pytest.mark.skipif(not _has_cuda_kernels(), reason="no CUDA kernels")),
+    pytest.param("cuda", "cuda", torch.float64, id="cuda-fp64",
+                 marks=pytest.mark.skipif(not _has_cuda_kernels(), reason="no CUDA kernels")),
+]
+
+TOL = {torch.float32: dict(rtol=1e-4, atol=2e-5), torch.float64: dict(rtol=1e-10, atol=1e-12)}
+
+# (batch shape, K, C)
+SHAPES = [
+    ((37,), 32, 7),     # one training ray batch in miniature: colour 3 + point 3 + depth 1
+    ((5,), 1, 3),       # K = 1
+    ((2, 3), 33, 1),    # odd K, batch dims, one channel
+    ((9,), 13, 5),      # odd K, a channel count with no specialised kernel
+    ((4,), 128, 4),     # the longest rays
+    ((0,), 8, 3),       # R = 0
+    ((6,), 8, 0),       # no value channels
+]
+
+def _shape_id(shape) -> str:
+    return f"{'x'.join(map(str, shape[0]))}-K{shape[1]}-C{shape[2]}"
+
+
+OPTIONS = [
+    pytest.param({}, id="plain"),
+    pytest.param({"num_masked_near": 3}, id="near3"),
+    pytest.param({"value_mask": True, "value_mask_from": 2}, id="mask2"),
+    pytest.param({"value_mask": True, "value_mask_from": 0, "num_masked_near": 1}, id="mask0near1"),
+]
+
+
+def _inputs(batch, K, C, device, dtype, seed=0, sigma_scale=2.0):
+    g = torch.Generator().manual_seed(seed)
+    sigma = (torch.rand(*batch, K, generator=g, dtype=torch.float64) * sigma_scale)
+    values = torch.randn(*batch, K, C, generator=g, dtype=torch.float64)
+    mask = torch.rand(*batch, K, generator=g) > 0.3
+    dout = torch.randn(*batch, C, generator=g, dtype=torch.float64)
+    dweights = torch.randn(*batch, K, generator=g, dtype=torch.float64)
+    cast = dict(device=device, dtype=dtype)
+    return (sigma.to(**cast), values.to(**cast), mask.to(device), dout.to(**cast),
+            dweights.to(**cast))
+
+
+def _run(fn, sigma, values, dout, dweights, **kw):
+    """Forward, then backward with the given upstream gradients (dweights may be None)."""
+    s = sigma.detach().clone().requires_grad_(True)
+    v = values.detach().clone().requires_grad_(True)
+    out, weights = fn(s, v, **kw)
+    outs, grads = [out], [dout]
+    if dweights is not None:
+        outs.append(weights)
+        grads.append(dweights)
+    ds, dv = torch.autograd.grad(outs, [s, v], grads, allow_unused=True)
+    return out, weights, ds, dv
+
+
+def _compare(backend, sigma, values, dout, dweights, name, tol, **kw):
+    with omnifast.backend(backend):
+        out, w, ds, dv = _run(composite, sigma, values, dout, dweights, **kw)
+    kw_ref = {k: v for k, v in kw.items() if k != "need_weights"}
+    out_r, w_r, ds_r, dv_r = _run(composite_ref, sigma, values, dout, dweights, **kw_ref)
+    assert_close(out, out_r, name=f"{name} out", **tol)
+    if kw.get("need_weights", True):
+        assert_close(w, w_r, name=f"{name} weights", **tol)
+    else:
+        assert w is None
+    assert_close(ds, ds_r, name=f"{name} dsigma", **tol)
+    assert_close(dv, dv_r, name=f"{name} dvalues", **tol)
+
+
+@pytest.mark.parametrize("backend,device,dtype", CASES)
+@pytest.mark.parametrize("shape", SHAPES, ids=_shape_id)
+@pytest.mark.parametrize("options", OPTIONS)
+def test_parity(backend, device, dtype, shape, options):
+    batch, K, C = shape
+    sigma, values, mask, dout, dweights = _inputs(batch, K, C, device, dtype)
+    kw = dict(options)
+    if kw.pop("value_mask", False):
+        kw["value_mask"] = mask
+    _compare(backend, sigma, values, dout, dweights, backend, TOL[dtype], **kw)
+
+
+@pytest.mark.parametrize("backend,device,dtype", CASES)
+def test_without_weights(backend, device, dtype):
+    """need_weights=False: no weights returned; gradients from the composited values only."""
+    sigma, values, mask, dout, _ = _inputs((23,), 17, 7, device, dtype, seed=1)
+    _compare(backend, sigma, values, dout, None, backend, TOL[dtype], need_weights=False,
+             value_mask=mask, value_mask_from=3)
+
+
+@pytest.mark.parametrize("backend,device,dtype", CASES)
+def test_partial_grads(backend, device, dtype):
+    """Only one input needs a gradient, and only the weights get an upstream gradient."""
+    sigma, values, _, _, dweights = _inputs((11,), 9, 3, device, dtype, seed=2)
+    with omnifast.backend(backend):
+        s = sigma.clone().requires_grad_(True)
+        _, w = composite(s, values)
+        (ds,) = torch.autograd.grad(w, s, dweights)
+    s_r = sigma.clone().requires_grad_(True)
+    _, w_r = composite_ref(s_r, values)
+    (ds_r,) = torch.autograd.grad(w_r, s_r, dweights)
+    assert_close(ds, ds_r, name="dsigma", **TOL[dtype])
+    with omnifast.backend(backend):
+        v = values.clone().requires_grad_(True)
+        out, _ = composite(sigma, v)
+        (dv,) = torch.autograd.grad(out, v, torch.ones_like(out) * 0.5)
+    _, w_r = composite_ref(sigma, values)
+    assert_close(dv, (w_r * 0.5).unsqueeze(-1).expand_as(values), name="dvalues", **TOL[dtype])
+
+
+@pytest.mark.parametrize("backend,device,dtype", CASES)
+@pytest.mark.parametrize("kind", ["zero", "huge", "inf", "mixed"])
+def test_extreme_sigma(backend, device, dtype, kind):
+    """sigma = 0 (nothing absorbed), very large sigma (alpha = 1, T falls by 1e-10 per sample)."""
+    sigma, values, _, dout, dweights = _inputs((8,), 12, 4, device, dtype, seed=3)
+    if kind == "zero":
+        sigma = torch.zeros_like(sigma)
+    elif kind == "huge":
+        sigma = torch.full_like(sigma, 1e4)
+    elif kind == "inf":
+        sigma[:, 2] = float("inf")
+    else:
+        sigma[:, ::3] = 0.0
+        sigma[:, 1::3] = 50.0
+    _compare(backend, sigma, values, dout, dweights, f"{backend} {kind}", TOL[dtype])
+    if kind == "zero":
+        with omnifast.backend(backend):
+            out, w = composite(sigma, values)
+        assert torch.count_nonzero(out) == 0 and torch.count_nonzero(w) == 0
+
+
+@pytest.mark.parametrize("backend,device,dtype", CASES)
+@pytest.mark.parametrize("where", ["sigma", "values"])
+def test_nan_propagates(backend, device, dtype, where):
+    """A NaN shows up in exactly the outputs and gradients where the reference has one."""
+    sigma, values, _, dout, dweights = _inputs((6,), 10, 3, device, dtype, seed=4)
+    if where == "sigma":
+        sigma[2, 4] = float("nan")
+    else:
+        values[3, 6, 1] = float("nan")
+    _compare(backend, sigma, values, dout, dweights, f"{backend} nan-{where}", TOL[dtype])
+    with omnifast.backend(backend):
+        out, w = composite(sigma, values)
+    row = 2 if where == "sigma" else 3
+    assert torch.isnan(out[row]).any()
+    assert not torch.isnan(out[row + 1]).any()
+
+
+@pytest.mark.skipif(not _has_cpu_kernels(), reason="omnifast._C not built")
+@pytest.mark.parametrize("options", OPTIONS)
+def test_gradcheck_cpu(options):
+    sigma, values, mask, _, _ = _inputs((3,), 6, 4, "cpu", torch.float64, seed=5)
+    kw = dict(options)
+    if kw.pop("value_mask", False):
+        kw["value_mask"] = mask
+
+    def fn(s, v):
+        with omnifast.backend("cpu"):
+            return composite(s, v, **kw)
+
+    assert torch.autograd.gradcheck(fn, (sigma.requires_grad_(True), values.requires_grad_(True)))
+
+
+def test_gradcheck_reference():
+    sigma, values, mask, _, _ = _inputs((2,), 5, 3, "cpu", torch.float64, seed=6)
+    assert torch.autograd.gradcheck(
+        lambda s, v: composite_ref(s, v, 1, value_mask=mask, value_mask_from=1),
+        (sigma.requires_grad_(True), values.requires_grad_(True)))
+
+
+@pytest.mark.skipif(not _has_cpu_kernels(), reason="omnifast._C not built")
+def test_transmittance_rounding_vs_float64():
+    """The fp32 running product of the fused kernel stays within about one ulp per sample of the
+    exact (fp64) transmittance, like the reference's fp32 cumprod. sigma in [0.2, 0.4] keeps
+    alpha = 1 - exp(-sigma) well conditioned, so the error measured is the transmittance's."""
+    K = 64
+    g = torch.Generator().manual_seed(7)
+    sigma = (0.2 + 0.2 * torch.rand(512, K, generator=g)).double()
+    values = torch.zeros(512, K, 0, dtype=torch.float64)
+    _, w64 = composite_ref(sigma, values)
+    with omnifast.backend("cpu"):
+        _, w32 = composite(sigma.float(), values.float())
+    _, w32_ref = composite_ref(sigma.float(), values.float())
+    rel = ((w32.double() - w64).abs() / w64).max().item()
+    rel_ref = ((w32_ref.double() - w64).abs() / w64).max().item()
+    eps = torch.finfo(torch.float32).eps
+    assert rel < (K + 16) * eps, f"fused fp32 weights: max rel error {rel:.3g} vs fp64"
+    assert rel_ref < (K + 16) * eps, f"reference fp32 weights: max rel error {rel_ref:.3g}"
+
+
+# --------------------------------------------------------------------------- inference helpers
+@pytest.mark.parametrize("backend,device,dtype", CASES)
+def test_argmax(backend, device, dtype):
+    sigma, _, _, _, _ = _inputs((2, 50), 19, 0, device, dtype, seed=8)
+    sigma[0, 0] = 0.0                    # all weights 0: tie, first index wins
+    sigma[0, 1, :2] = 0.0                # leading zero weights
+    sigma[0, 2, 5] = float("nan")        # NaN weight counts as the maximum, like torch.argmax
+    sigma[0, 3, :7] = 0.01               # light reaches sample 7 ...
+    sigma[0, 3, 7] = float("inf")        # ... where alpha = 1: the clear maximum
+    with omnifast.backend(backend):
+        idx = composite_argmax(sigma)
+    ref = composite_argmax_ref(sigma)
+    assert idx.dtype == torch.int64 and idx.shape == ref.shape
+    assert torch.equal(idx.cpu(), ref.cpu()), (idx != ref).nonzero()[:5]
+    assert idx[0, 0] == 0 and idx[0, 2] == 5 and idx[0, 3] == 7
+
+
+@pytest.mark.parametrize("backend,device,dtype", CASES)
+def test_argmax_k1_and_empty(backend, device, dtype):
+    with omnifast.backend(backend):
+        assert torch.equal(composite_argmax(torch.rand(7, 1, device=device, dtype=dtype)).cpu(),
+                           torch.zeros(7, dtype=torch.int64))
+        assert composite_argmax(torch.rand(0, 4, device=device, dtype=dtype)).shape == (0,)
+
+
+@pytest.mark.parametrize("backend,device,dtype", CASES)
+def test_occlusion_score(backend, device, dtype):
+    sigma, _, _, _, _ = _inputs((3, 40), 32, 0, device, dtype, seed=9)
+    depths = torch.linspace(0, 2, 32, device=device, dtype=dtype).expand_as(sigma).contiguous()
+    limit = torch.rand(3, 40, device=device, dtype=dtype) * 2.2 - 0.1
+    limit[0, 0] = depths[0, 0, 5]        # a sample exactly at the limit is left out
+    sigma[1, 0, 3] = float("nan")        # NaN weights are not hidden, even behind the limit
+    limit[1, 0] = 0.0
+    with omnifast.backend(backend):
+        score = occlusion_score(sigma, depths, limit)
+    ref = occlusion_score_ref(sigma, depths, limit)
+    assert_close(score, ref, name="occlusion", **TOL[dtype])
+    assert torch.isnan(score[1, 0])
+    with omnifast.backend(backend):
+        assert occlusion_score(sigma[:0], depths[:0], limit[:0]).shape == (0, 40)
+
+
+# --------------------------------------------------------------------------- dispatch
+def test_auto_backend_and_errors():
+    sigma = torch.rand(4, 8)
+    values = torch.rand(4, 8, 3)
+    out, w = composite(sigma, values)
+    out_r, w_r = composite_ref(sigma, values)
+    assert_close(out, out_r, name="auto out", rtol=1e-5, atol=1e-6)
+    # half precision falls back to the reference under auto, and an explicit fused backend
+    # says why it cannot run
+    out_h, _ = composite(sigma.bfloat16(), values.bfloat16())
+    assert out_h.dtype == torch.bfloat16
+    with pytest.raises(BackendUnavailableError, match="float32"):
+        with omnifast.backend("cpu"):
+            composite(sigma.bfloat16(), values.bfloat16())
+    with pytest.raises(ValueError, match="values must be"):
+        composite(sigma, values[:, :7])
+    with pytest.raises(ValueError, match="value_mask"):
+        composite(sigma, values, value_mask=torch.ones(4, 7, dtype=torch.bool))
+
+
+@pytest.mark.skipif(not _has_cpu_kernels(), reason="omnifast._C not built")
+def test_noncontiguous_inputs():
+    sigma, values, _, dout, dweights = _inputs((10,), 6, 3, "cpu", torch.float32, seed=10)
+    s_t = sigma.t().contiguous().t()                   # same values, column-major
+    v_t = values.transpose(0, 1).contiguous().transpose(0, 1)
+    assert not s_t.is_contiguous() and not v_t.is_contiguous()
+    _compare("cpu", s_t, v_t, dout, dweights, "noncontiguous", TOL[torch.float32])
+
+
+def test_sm90_specs_cover_every_kernel():
+    """``make check-sm90`` compiles ``sm90_specs()`` for the H100; every kernel is listed."""
+    from omnifast.kernels import composite as kc
+
+    names = {spec.fn.fn.__name__ if hasattr(spec.fn, "fn") else spec.fn.__name__
+             for spec in kc.sm90_specs()}
+    assert names == {"_composite_fwd_kernel", "_composite_bwd_kernel",
+                     "_composite_argmax_kernel", "_occlusion_score_kernel"}
