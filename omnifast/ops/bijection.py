@@ -1,14 +1,125 @@
-"""The invertible mapping's ops: the coupling-layer stack and the affine pre-layer."""
+"""The invertible mapping's ops: the coupling-layer stack and the affine pre-layer.
+
+Fused backends of ``coupling_stack`` (the reference is the ``"torch"`` backend):
+
+* ``"cpu"``: C++/OpenMP kernels in ``omnifast._C`` (csrc/bijection/), fp32 and fp64, plus a bf16
+  matmul mode (``omnifast.matmul_precision("bf16")``, fp32 inputs).
+* ``"triton"``: kernels/bijection.py, CUDA tensors (or CPU tensors under ``TRITON_INTERPRET=1``).
+
+Both take the same exact shortcut (spec 6.5): the code columns of each layer's first linear
+multiply a per-frame constant, so ``frame_bias[f, l] = w_in[l, :, :C] @ codes[f, l] + b_in[l]``
+is computed once per frame here, in PyTorch (autograd carries its gradient to the codes and
+weights), and the kernels only see the non-code columns ``w_in[:, :, C:]``. The ``[M, C + P]``
+concatenation and the per-point code copies of the reference never exist. For backward the
+kernels keep only each layer's input coordinates ``[L, M, 3]`` and recompute the hidden
+activations. The frame bias is computed in fp32 even in the bf16 mode (the reference rounds
+the code term's operands to bf16 like every other product): a deliberate, more precise
+difference of a few thousand MACs per frame.
+
+``affine`` (the pre-layer) has only the reference implementation so far.
+"""
 
 from __future__ import annotations
 
 import torch
 
-from omnifast.dispatch import register, resolve
+from omnifast._ext import load_extension
+from omnifast.dispatch import get_matmul_precision, register, resolve
 from omnifast.reference.bijection import CouplingParams, affine_ref, coupling_stack_ref
 
 register("coupling_stack", "torch")(coupling_stack_ref)
 register("affine", "torch")(affine_ref)
+
+#: points per tile of the CPU kernels; per-thread working set ~ (3 H + P) * tile * 4 bytes
+#: (512 measured fastest at the omnimotion widths, see benchmarks/RESULTS.md).
+CPU_TILE = 512
+
+
+def frame_bias(codes: torch.Tensor, params: CouplingParams) -> torch.Tensor:
+    """The hoisted code term of every layer's first linear, per frame.
+
+    Args:
+        codes: per-frame, per-layer projected codes. [F, L, C]
+        params: the stacked layer weights.
+
+    Returns:
+        ``w_in[l, :, :C] @ codes[f, l] + b_in[l]``. [F, L, H]
+    """
+    C = params.code_dim
+    w_code = params.w_in[:, :, :C].to(codes.dtype)
+    return torch.einsum("lhc,flc->flh", w_code, codes) + params.b_in.to(codes.dtype)
+
+
+def _stacked(params: CouplingParams, dtype: torch.dtype) -> list[torch.Tensor]:
+    """The kernel's weight layout: [proj_w, proj_b, w_in_h, w_hid, b_hid, w_out, b_out]."""
+    C = params.code_dim
+    L, H = params.w_in.shape[:2]
+    if params.w_hidden:
+        w_hid = torch.stack(tuple(params.w_hidden))
+        b_hid = torch.stack(tuple(params.b_hidden))
+    else:
+        w_hid = params.w_in.new_zeros(0, L, H, H)
+        b_hid = params.w_in.new_zeros(0, L, H)
+    ws = [params.proj_w, params.proj_b, params.w_in[:, :, C:], w_hid, b_hid, params.w_out,
+          params.b_out]
+    return [w.to(dtype).contiguous() for w in ws]
+
+
+class CouplingStackFunction(torch.autograd.Function):
+    """Autograd wrapper of the fused CPU coupling stack (saves ``[L, M, 3]`` coordinates only)."""
+
+    @staticmethod
+    def forward(ctx, x, frame_idx, fbias, proj_w, proj_b, w_in_h, w_hid, b_hid, w_out, b_out,
+                coords, n_freq, inverse, bf16, tile):
+        ext = load_extension()
+        save = any(ctx.needs_input_grad[i] for i in (0, 2, 3, 4, 5, 6, 7, 8, 9))
+        y, saved = ext.coupling_stack_fwd(x, frame_idx, fbias, proj_w, proj_b, w_in_h, w_hid,
+                                          b_hid, w_out, b_out, list(coords), n_freq, inverse,
+                                          save, bf16, tile)
+        ctx.save_for_backward(saved, frame_idx, fbias, proj_w, proj_b, w_in_h, w_hid, b_hid,
+                              w_out, b_out)
+        ctx.cfg = (list(coords), n_freq, inverse, bf16, tile)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        saved, frame_idx, *ws = ctx.saved_tensors
+        coords, n_freq, inverse, bf16, tile = ctx.cfg
+        grads = load_extension().coupling_stack_bwd(dy.contiguous(), saved, frame_idx, *ws,
+                                                    coords, n_freq, inverse, bf16, tile)
+        dx, dfb, dproj_w, dproj_b, dw_in_h, dw_hid, db_hid, dw_out, db_out = grads
+        return (dx, None, dfb, dproj_w, dproj_b, dw_in_h, dw_hid, db_hid, dw_out, db_out,
+                None, None, None, None, None)
+
+
+def _supports_cpu(device: torch.device, dtype: torch.dtype) -> str | None:
+    if dtype not in (torch.float32, torch.float64):
+        return f"the fused CPU coupling stack runs float32/float64 points, got {dtype}"
+    ext = load_extension()
+    if ext is not None and not hasattr(ext, "coupling_stack_fwd"):
+        return "omnifast._C was built without the coupling-stack kernels; rebuild it (make ext)"
+    return None
+
+
+@register("coupling_stack", "cpu", supports=_supports_cpu)
+def coupling_stack_cpu(x: torch.Tensor, frame_idx: torch.Tensor, codes: torch.Tensor,
+                       params: CouplingParams, coords: tuple[int, ...], n_freq: int,
+                       inverse: bool = False) -> torch.Tensor:
+    """The fused C++ coupling stack (same contract as :func:`coupling_stack_ref`).
+
+    The matmul precision follows :func:`omnifast.get_matmul_precision`: ``"bf16"`` runs the
+    products on bf16 operands with fp32 accumulation (float32 points only); ``"tf32"`` is fp32
+    on the CPU.
+    """
+    L = params.num_layers
+    if len(coords) != L:
+        raise ValueError(f"coords has {len(coords)} entries for {L} layers")
+    bf16 = get_matmul_precision() == "bf16" and x.dtype == torch.float32
+    fb = frame_bias(codes.to(x.dtype), params).to(x.dtype).contiguous()
+    ws = _stacked(params, x.dtype)
+    return CouplingStackFunction.apply(x.contiguous(), frame_idx.to(torch.int64).contiguous(),
+                                       fb, *ws, tuple(int(c) for c in coords), int(n_freq),
+                                       bool(inverse), bf16, CPU_TILE)
 
 
 def _check_points(x: torch.Tensor, frame_idx: torch.Tensor, op: str) -> None:
@@ -66,3 +177,66 @@ def affine(x: torch.Tensor, t: torch.Tensor, weights: list[torch.Tensor],
                          f"{tuple(t.shape)}")
     _, fn = resolve("affine", x.device, x.dtype)
     return fn(x, t, weights, biases, n_freq, inverse)
+
+
+class TritonCouplingStackFunction(torch.autograd.Function):
+    """Autograd wrapper of the Triton coupling stack (saves ``[L, M, 3]`` coordinates only)."""
+
+    @staticmethod
+    def forward(ctx, x, frame_idx, coords_t, fbias, proj_w, proj_b, w_in_h, w_hid, b_hid,
+                w_out, b_out, n_freq, inverse, precision):
+        from omnifast.kernels import bijection as kb  # noqa: PLC0415 (imports triton)
+
+        ws = [fbias, proj_w, proj_b, w_in_h, w_hid, b_hid, w_out, b_out]
+        save = any(ctx.needs_input_grad[i] for i in (0, *range(3, 11)))
+        y, saved = kb.coupling_stack_fwd(x, frame_idx, coords_t, ws, n_freq, inverse, save,
+                                         precision)
+        ctx.save_for_backward(saved if save else None, frame_idx, coords_t, *ws)
+        ctx.cfg = (n_freq, inverse, precision)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        from omnifast.kernels import bijection as kb  # noqa: PLC0415
+
+        saved, frame_idx, coords_t, *ws = ctx.saved_tensors
+        n_freq, inverse, precision = ctx.cfg
+        dx, *grads = kb.coupling_stack_bwd(dy.contiguous(), saved, frame_idx, coords_t, ws,
+                                           n_freq, inverse, precision)
+        return (dx, None, None, *grads, None, None, None)
+
+
+def _supports_triton(device: torch.device, dtype: torch.dtype) -> str | None:
+    if dtype != torch.float32:
+        return f"the Triton coupling stack runs float32 points, got {dtype}"
+    return None
+
+
+@register("coupling_stack", "triton", supports=_supports_triton)
+def coupling_stack_triton(x: torch.Tensor, frame_idx: torch.Tensor, codes: torch.Tensor,
+                          params: CouplingParams, coords: tuple[int, ...], n_freq: int,
+                          inverse: bool = False) -> torch.Tensor:
+    """The fused Triton coupling stack (same contract as :func:`coupling_stack_ref`).
+
+    Widths the kernels cannot take (P or H not a power of two >= 16, more than two extra hidden
+    layers) fall back to the reference under automatic dispatch and raise when the Triton
+    backend was requested explicitly.
+    """
+    from omnifast.dispatch import BackendUnavailableError, get_backend  # noqa: PLC0415
+    from omnifast.kernels import bijection as kb  # noqa: PLC0415
+
+    L = params.num_layers
+    if len(coords) != L:
+        raise ValueError(f"coords has {len(coords)} entries for {L} layers")
+    reason = kb.unsupported_reason(L, params.proj_w.shape[2], params.proj_w.shape[1],
+                                   params.w_in.shape[1], len(params.w_hidden))
+    if reason is not None:
+        if get_backend() == "triton":
+            raise BackendUnavailableError(reason)
+        return coupling_stack_ref(x, frame_idx, codes, params, coords, n_freq, inverse)
+    fb = frame_bias(codes.to(x.dtype), params).to(x.dtype).contiguous()
+    ws = _stacked(params, x.dtype)
+    coords_t = torch.tensor([int(c) for c in coords], dtype=torch.int32, device=x.device)
+    return TritonCouplingStackFunction.apply(
+        x.contiguous(), frame_idx.to(torch.int64).contiguous(), coords_t, fb, *ws, int(n_freq),
+        bool(inverse), get_matmul_precision())

@@ -1,0 +1,38 @@
+// Fused affine coupling stack (OmniMotion's invertible map), CPU kernels.
+//
+// Shapes, with L layers, M points, F frames, E = 2 + 4 * n_freq encoded inputs, P projection
+// width, H hidden width and NH extra hidden layers:
+//   x, dy: [M, 3]; frame_idx: [M] int64; frame_bias: [F, L, H] (= W_code c_l + b_in, hoisted)
+//   proj_w: [L, P, E]; proj_b: [L, P]; w_in_h: [L, H, P] (the non-code columns of w_in)
+//   w_hid: [NH, L, H, H]; b_hid: [NH, L, H]; w_out: [L, 2, H]; b_out: [L, 2]
+//   saved: [L, M, 3], the input coordinates of every layer (the only thing kept for backward).
+#pragma once
+
+#include <torch/extension.h>
+
+#include <vector>
+
+namespace omnifast {
+namespace bijection {
+
+struct StackWeights {
+  at::Tensor frame_bias, proj_w, proj_b, w_in_h, w_hid, b_hid, w_out, b_out;
+};
+
+// Returns {y [M, 3], saved [L, M, 3] (empty unless save_inputs)}.
+std::vector<at::Tensor> coupling_stack_fwd_cpu(const at::Tensor& x, const at::Tensor& frame_idx,
+                                               const StackWeights& w,
+                                               const std::vector<int64_t>& coords,
+                                               int64_t n_freq, bool inverse, bool save_inputs,
+                                               bool bf16, int64_t tile);
+
+// Returns {dx, dframe_bias, dproj_w, dproj_b, dw_in_h, dw_hid, db_hid, dw_out, db_out}.
+std::vector<at::Tensor> coupling_stack_bwd_cpu(const at::Tensor& dy, const at::Tensor& saved,
+                                               const at::Tensor& frame_idx,
+                                               const StackWeights& w,
+                                               const std::vector<int64_t>& coords,
+                                               int64_t n_freq, bool inverse, bool bf16,
+                                               int64_t tile);
+
+}  // namespace bijection
+}  // namespace omnifast

@@ -1,0 +1,535 @@
+// CPU kernels of the fused coupling stack: one pass over point tiles, every layer of the stack
+// applied to a tile while its activations stay in the core's cache.
+//
+// Per tile of T points and per layer: the positional encoding is written into a [T, E] buffer,
+// the four matrix products go through ATen (MKL for fp32/fp64, oneDNN for bf16) on per-thread
+// buffers, and every elementwise step (bias, frame bias, LeakyReLU, clamp, exp, coordinate
+// update) is a loop over the buffer the product just wrote. Threads take contiguous ranges of
+// tiles; each thread's products run single-threaded inside the parallel region.
+//
+// Backward recomputes a layer's activations from its saved input coordinates (3 numbers per
+// point), then backpropagates through it; weight gradients accumulate in per-thread buffers
+// that are summed at the end, frame-bias gradients are scattered by frame index.
+//
+// bf16 mode: the matrix-product operands (encoding, activations, gradients of activations,
+// weights) are bf16 and the products accumulate in fp32 inside oneDNN; biases, the coordinate
+// update and all gradient accumulators stay fp32. This mirrors omnifast.reference.linear's
+// "bf16" precision.
+#include "bijection/bijection.h"
+
+#include <ATen/Parallel.h>
+#include <c10/core/InferenceMode.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+namespace omnifast {
+namespace bijection {
+namespace {
+
+constexpr double kSClamp = 8.0;
+constexpr double kSlope = 0.01;
+
+
+// The elementwise loops below compare floats (LeakyReLU and its derivative); GCC if-converts,
+// and so vectorizes, such loops only without trapping math, which these loops never rely on.
+#define OMNIFAST_VECTORIZE __attribute__((optimize("no-trapping-math")))
+
+// Loads and stores of the product dtype. bf16 is converted by hand (round to nearest even,
+// no NaN special case: activations are finite) so that the loops below vectorize.
+OMNIFAST_VECTORIZE inline float ld(float v) { return v; }
+OMNIFAST_VECTORIZE inline double ld(double v) { return v; }
+OMNIFAST_VECTORIZE inline float ld(c10::BFloat16 v) {
+  const uint32_t u = uint32_t(v.x) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+OMNIFAST_VECTORIZE inline void st(float& d, float v) { d = v; }
+OMNIFAST_VECTORIZE inline void st(double& d, double v) { d = v; }
+OMNIFAST_VECTORIZE inline void st(c10::BFloat16& d, float v) {
+  uint32_t u;
+  std::memcpy(&u, &v, 4);
+  u += 0x7FFFu + ((u >> 16) & 1u);
+  d.x = uint16_t(u >> 16);
+}
+
+// x[j] = leaky(x[j] + bias[j]) for a row of n values.
+template <typename S, typename G>
+OMNIFAST_VECTORIZE void bias_leaky_row(G* __restrict x, const S* __restrict bias, int64_t n) {
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) {
+    const S v = S(ld(x[j])) + bias[j];
+    st(x[j], v > S(0) ? v : v * S(kSlope));
+  }
+}
+
+// d[j] *= leaky'(pre[j]) for n values; the derivative is read from the layer's output post,
+// which is > 0 exactly when pre > 0.
+template <typename S, typename G>
+OMNIFAST_VECTORIZE void mul_leaky_grad(G* __restrict d, const G* __restrict post, int64_t n) {
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) {
+    const S g = S(ld(d[j]));
+    st(d[j], S(ld(post[j])) > S(0) ? g : g * S(kSlope));
+  }
+}
+
+// The encoding rows [u_a, u_b, sin(w u_a), cos(w u_a), sin(w u_b), cos(w u_b)] of n points.
+template <typename S, typename G>
+OMNIFAST_VECTORIZE void encode(const S* __restrict xc, int64_t a, int64_t b,
+                               const S* __restrict freq, int64_t nf, G* __restrict pe,
+                               int64_t n, int64_t E) {
+  for (int64_t i = 0; i < n; ++i) {
+    const S ua = xc[i * 3 + a], ub = xc[i * 3 + b];
+    G* row = pe + i * E;
+    st(row[0], ua);
+    st(row[1], ub);
+    for (int64_t k = 0; k < nf; ++k) {
+      const S aa = ua * freq[k], ab = ub * freq[k];
+      st(row[2 + k], S(std::sin(aa)));
+      st(row[2 + nf + k], S(std::cos(aa)));
+      st(row[2 + 2 * nf + k], S(std::sin(ab)));
+      st(row[2 + 3 * nf + k], S(std::cos(ab)));
+    }
+  }
+}
+
+// Backward of the encoding: dxy[:, a] += d pe / d u_a . dpe, likewise for b.
+template <typename S, typename G>
+OMNIFAST_VECTORIZE void encode_grad(const G* __restrict dpe, const S* __restrict xc, int64_t a,
+                                    int64_t b, const S* __restrict freq, int64_t nf,
+                                    S* __restrict dxy, int64_t n, int64_t E) {
+  for (int64_t i = 0; i < n; ++i) {
+    const G* row = dpe + i * E;
+    const S ua = xc[i * 3 + a], ub = xc[i * 3 + b];
+    S ga = S(ld(row[0])), gb = S(ld(row[1]));
+    for (int64_t k = 0; k < nf; ++k) {
+      const S f = freq[k];
+      const S aa = ua * f, ab = ub * f;
+      ga += f * (std::cos(aa) * S(ld(row[2 + k])) - std::sin(aa) * S(ld(row[2 + nf + k])));
+      gb += f * (std::cos(ab) * S(ld(row[2 + 2 * nf + k])) -
+                 std::sin(ab) * S(ld(row[2 + 3 * nf + k])));
+    }
+    dxy[i * 3 + a] += ga;
+    dxy[i * 3 + b] += gb;
+  }
+}
+
+// (s, t) = z @ [w_s, w_t]^T + (b_s, b_t) for n rows of width H.
+template <typename S, typename G>
+OMNIFAST_VECTORIZE void out_layer_fwd(const G* __restrict z, const S* __restrict ws,
+                                      const S* __restrict wt, S bs, S bt, S* __restrict s_out,
+                                      S* __restrict t_out, int64_t n, int64_t H) {
+  for (int64_t i = 0; i < n; ++i) {
+    const G* row = z + i * H;
+    S s = 0, t = 0;
+#pragma omp simd reduction(+ : s, t)
+    for (int64_t j = 0; j < H; ++j) {
+      const S v = S(ld(row[j]));
+      s += v * ws[j];
+      t += v * wt[j];
+    }
+    s_out[i] = s + bs;
+    t_out[i] = t + bt;
+  }
+}
+
+// Output layer backward for one point: dW_out rows += (ds, dt) * z, and
+// d[j] = (ds w_s[j] + dt w_t[j]) * leaky'(z[j]).
+template <typename S, typename G>
+OMNIFAST_VECTORIZE void out_layer_bwd_row(const G* __restrict z, const S* __restrict ws,
+                                          const S* __restrict wt, S* __restrict gws,
+                                          S* __restrict gwt, G* __restrict d, S ds, S dt,
+                                          int64_t n) {
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) {
+    const S v = S(ld(z[j]));
+    gws[j] += ds * v;
+    gwt[j] += dt * v;
+    const S gz = ds * ws[j] + dt * wt[j];
+    st(d[j], v > S(0) ? gz : gz * S(kSlope));
+  }
+}
+
+// acc[j] += d[j] for n values.
+template <typename S, typename G>
+OMNIFAST_VECTORIZE inline void add_row(S* __restrict acc, const G* __restrict d, int64_t n) {
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) acc[j] += S(ld(d[j]));
+}
+
+// out = a @ w^T (a: [n, k], w: [m, k], out: [n, m]).
+inline void mm_nt(at::Tensor& out, const at::Tensor& a, const at::Tensor& w) {
+  at::mm_out(out, a, w.t());
+}
+
+template <typename S, typename G>
+struct Stack {
+  // problem
+  int64_t M, F, L, E, P, H, NH, nf;
+  bool inverse;
+  std::vector<int64_t> coords;
+  std::vector<S> freq;
+  const int64_t* fidx;
+  // weights in the product dtype G
+  at::Tensor proj_w, w_in_h, w_hid, w_out_g;
+  // fp pointers (S) for biases and the output layer
+  const S* proj_b;
+  const S* frame_bias;
+  const S* b_hid;
+  const S* b_out;
+  std::vector<S> w_out_s;  // w_out rounded through G, [L, 2, H]
+  at::ScalarType gtype;
+
+  at::Tensor pw(int64_t l) const { return proj_w.select(0, l); }
+  at::Tensor wi(int64_t l) const { return w_in_h.select(0, l); }
+  at::Tensor wh(int64_t k, int64_t l) const { return w_hid.select(0, k).select(0, l); }
+};
+
+// Per-thread scratch for one tile.
+template <typename S, typename G>
+struct Work {
+  at::Tensor pe, h0, z;  // G: [T, E], [T, P], [NH + 1, T, H]
+  at::Tensor da, db;     // G: [T, max(H, P)] gradient buffers
+  at::Tensor dpe;        // G: [T, E]
+  at::Tensor gw;         // G: [max(H, P), max(H, P, E)] bf16 weight-gradient product
+  std::vector<S> xc, sr, tt, dxy, dst;
+
+  Work(const Stack<S, G>& c, int64_t T) {
+    auto opt = at::TensorOptions().dtype(c.gtype);
+    const int64_t W = std::max(c.H, c.P);
+    pe = at::empty({T, c.E}, opt);
+    h0 = at::empty({T, c.P}, opt);
+    z = at::empty({c.NH + 1, T, c.H}, opt);
+    da = at::empty({T, W}, opt);
+    db = at::empty({T, W}, opt);
+    dpe = at::empty({T, c.E}, opt);
+    gw = at::empty({W, std::max(W, c.E)}, opt);
+    xc.resize(T * 3);
+    sr.resize(T);
+    tt.resize(T);
+    dxy.resize(T * 3);
+    dst.resize(T * 2);
+  }
+  at::Tensor rows(const at::Tensor& b, int64_t n, int64_t cols) const {
+    return b.view({-1}).narrow(0, 0, n * cols).view({n, cols});
+  }
+  at::Tensor zk(int64_t k, int64_t n, int64_t H) const { return z.select(0, k).narrow(0, 0, n); }
+};
+
+// The layer's network on a tile: from input coordinates xc (n x 3) to s_raw, t; the encoding,
+// projection and hidden activations are left in the work buffers.
+template <typename S, typename G>
+void layer_net(const Stack<S, G>& c, Work<S, G>& w, int64_t l, int64_t i0, int64_t n) {
+  const int64_t s_idx = c.coords[l];
+  const int64_t a = s_idx == 0 ? 1 : 0;
+  const int64_t b = s_idx == 2 ? 1 : 2;
+  const int64_t E = c.E, P = c.P, H = c.H, nf = c.nf;
+  // positional encoding [u_a, u_b, sin(w u_a), cos(w u_a), sin(w u_b), cos(w u_b)]
+  encode<S, G>(w.xc.data(), a, b, c.freq.data(), nf, w.pe.template data_ptr<G>(), n, E);
+  // h0 = leaky(pe @ proj_w^T + proj_b)
+  at::Tensor pe_t = w.pe.narrow(0, 0, n);
+  at::Tensor h0_t = w.h0.narrow(0, 0, n);
+  mm_nt(h0_t, pe_t, c.pw(l));
+  {
+    G* h = h0_t.template data_ptr<G>();
+    const S* pb = c.proj_b + l * P;
+    for (int64_t i = 0; i < n; ++i) bias_leaky_row<S, G>(h + i * P, pb, P);
+  }
+  // z0 = leaky(h0 @ w_in_h^T + frame_bias[frame])
+  at::Tensor z0 = w.zk(0, n, H);
+  mm_nt(z0, h0_t, c.wi(l));
+  {
+    G* zp = z0.template data_ptr<G>();
+    for (int64_t i = 0; i < n; ++i) {
+      const S* fb = c.frame_bias + (c.fidx[i0 + i] * c.L + l) * H;
+      bias_leaky_row<S, G>(zp + i * H, fb, H);
+    }
+  }
+  for (int64_t k = 0; k < c.NH; ++k) {
+    at::Tensor zin = w.zk(k, n, H);
+    at::Tensor zout = w.zk(k + 1, n, H);
+    mm_nt(zout, zin, c.wh(k, l));
+    G* zp = zout.template data_ptr<G>();
+    const S* bh = c.b_hid + (k * c.L + l) * H;
+    for (int64_t i = 0; i < n; ++i) bias_leaky_row<S, G>(zp + i * H, bh, H);
+  }
+  // (s, t) = z_last @ w_out^T + b_out
+  const S* ws = c.w_out_s.data() + l * 2 * H;
+  out_layer_fwd<S, G>(w.zk(c.NH, n, H).template data_ptr<G>(), ws, ws + H, c.b_out[l * 2],
+                      c.b_out[l * 2 + 1], w.sr.data(), w.tt.data(), n, H);
+}
+
+template <typename S>
+inline S clamp_s(S s) {
+  return std::min(std::max(s, S(-kSClamp)), S(kSClamp));
+}
+
+template <typename S, typename G>
+void run_forward(const Stack<S, G>& c, const S* x, S* y, S* saved, int64_t tile) {
+  const int64_t ntiles = (c.M + tile - 1) / tile;
+  at::parallel_for(0, ntiles, 1, [&](int64_t t0, int64_t t1) {
+    c10::InferenceMode guard;
+    Work<S, G> w(c, tile);
+    for (int64_t ti = t0; ti < t1; ++ti) {
+      const int64_t i0 = ti * tile;
+      const int64_t n = std::min(tile, c.M - i0);
+      std::copy(x + i0 * 3, x + (i0 + n) * 3, w.xc.begin());
+      for (int64_t step = 0; step < c.L; ++step) {
+        const int64_t l = c.inverse ? c.L - 1 - step : step;
+        if (saved) std::copy(w.xc.begin(), w.xc.begin() + n * 3, saved + (l * c.M + i0) * 3);
+        layer_net<S, G>(c, w, l, i0, n);
+        const int64_t si = c.coords[l];
+        for (int64_t i = 0; i < n; ++i) {
+          const S s = clamp_s(w.sr[i]);
+          S& v = w.xc[i * 3 + si];
+          v = c.inverse ? v * std::exp(s) + w.tt[i] : (v - w.tt[i]) * std::exp(-s);
+        }
+      }
+      std::copy(w.xc.begin(), w.xc.begin() + n * 3, y + i0 * 3);
+    }
+  });
+}
+
+// Per-thread gradient accumulators (type S), all layers.
+struct Grads {
+  at::Tensor dfb, dproj_w, dproj_b, dw_in_h, dw_hid, db_hid, dw_out, db_out;  // [nthreads, ...]
+};
+
+template <typename S, typename G>
+void run_backward(const Stack<S, G>& c, const S* dy, const S* saved, S* dx, Grads& g,
+                  int64_t tile) {
+  const int64_t ntiles = (c.M + tile - 1) / tile;
+  const int64_t L = c.L, E = c.E, P = c.P, H = c.H, NH = c.NH, nf = c.nf;
+  const bool low = c.gtype != g.dw_in_h.scalar_type();
+  at::parallel_for(0, ntiles, 1, [&](int64_t t0, int64_t t1) {
+    c10::InferenceMode guard;
+    const int64_t tid = at::get_thread_num();
+    Work<S, G> w(c, tile);
+    at::Tensor dproj_w = g.dproj_w[tid], dw_in_h = g.dw_in_h[tid], dw_hid = g.dw_hid[tid];
+    S* dfb = g.dfb[tid].template data_ptr<S>();
+    S* dproj_b = g.dproj_b[tid].template data_ptr<S>();
+    S* db_hid = g.db_hid[tid].template data_ptr<S>();
+    S* dw_out = g.dw_out[tid].template data_ptr<S>();
+    S* db_out = g.db_out[tid].template data_ptr<S>();
+    // acc += a^T @ b, a: [n, r], b: [n, k], acc: [r, k] (type S)
+    auto acc_tn = [&](at::Tensor acc, const at::Tensor& a, const at::Tensor& b) {
+      if (!low) {
+        acc.addmm_(a.t(), b);
+      } else {
+        at::Tensor tmp = w.gw.view({-1}).narrow(0, 0, acc.size(0) * acc.size(1))
+                             .view({acc.size(0), acc.size(1)});
+        at::mm_out(tmp, a.t(), b);
+        acc.add_(tmp);
+      }
+    };
+    for (int64_t ti = t0; ti < t1; ++ti) {
+      const int64_t i0 = ti * tile;
+      const int64_t n = std::min(tile, c.M - i0);
+      std::copy(dy + i0 * 3, dy + (i0 + n) * 3, w.dxy.begin());
+      for (int64_t step = 0; step < L; ++step) {
+        // layers in the reverse of the order they were applied
+        const int64_t l = c.inverse ? step : L - 1 - step;
+        const int64_t si = c.coords[l];
+        const int64_t a = si == 0 ? 1 : 0;
+        const int64_t b = si == 2 ? 1 : 2;
+        std::copy(saved + (l * c.M + i0) * 3, saved + (l * c.M + i0 + n) * 3, w.xc.begin());
+        layer_net<S, G>(c, w, l, i0, n);
+        // through the coordinate update
+        for (int64_t i = 0; i < n; ++i) {
+          const S sraw = w.sr[i];
+          const S s = clamp_s(sraw);
+          const S gy = w.dxy[i * 3 + si];
+          const S xs = w.xc[i * 3 + si];
+          S ds, dt;
+          if (c.inverse) {
+            const S e = std::exp(s);
+            w.dxy[i * 3 + si] = gy * e;
+            dt = gy;
+            ds = gy * xs * e;
+          } else {
+            const S e = std::exp(-s);
+            const S yv = (xs - w.tt[i]) * e;
+            w.dxy[i * 3 + si] = gy * e;
+            dt = -gy * e;
+            ds = -gy * yv;
+          }
+          const bool pass = sraw >= S(-kSClamp) && sraw <= S(kSClamp);
+          w.dst[i * 2] = pass ? ds : S(0);
+          w.dst[i * 2 + 1] = dt;
+        }
+        // output layer: dW_out, db_out, then d(pre-activation of z_last)
+        {
+          const G* zl = w.zk(NH, n, H).template data_ptr<G>();
+          const S* ws = c.w_out_s.data() + l * 2 * H;
+          const S* wt = ws + H;
+          S* gws = dw_out + l * 2 * H;
+          S* gwt = gws + H;
+          G* da = w.da.template data_ptr<G>();
+          S sb = 0, tb = 0;
+          for (int64_t i = 0; i < n; ++i) {
+            const S ds = w.dst[i * 2], dt = w.dst[i * 2 + 1];
+            sb += ds;
+            tb += dt;
+            out_layer_bwd_row<S, G>(zl + i * H, ws, wt, gws, gwt, da + i * H, ds, dt, H);
+          }
+          db_out[l * 2] += sb;
+          db_out[l * 2 + 1] += tb;
+        }
+        // hidden layers, top down: z[k+1] = leaky(z[k] @ W_k^T + b_k)
+        at::Tensor dA = w.rows(w.da, n, H), dB = w.rows(w.db, n, H);
+        for (int64_t k = NH - 1; k >= 0; --k) {
+          at::Tensor zin = w.zk(k, n, H);
+          acc_tn(dw_hid[k][l], dA, zin);
+          {
+            const G* d = dA.template data_ptr<G>();
+            S* acc = db_hid + (k * L + l) * H;
+            for (int64_t i = 0; i < n; ++i) add_row<S, G>(acc, d + i * H, H);
+          }
+          at::mm_out(dB, dA, c.wh(k, l));
+          G* d = dB.template data_ptr<G>();
+          const G* zp = zin.template data_ptr<G>();
+          mul_leaky_grad<S, G>(d, zp, n * H);
+          std::swap(dA, dB);
+        }
+        // first layer: z0 = leaky(h0 @ w_in_h^T + frame_bias[frame])
+        at::Tensor h0_t = w.h0.narrow(0, 0, n);
+        acc_tn(dw_in_h[l], dA, h0_t);
+        {
+          const G* d = dA.template data_ptr<G>();
+          for (int64_t i = 0; i < n; ++i) {
+            add_row<S, G>(dfb + (c.fidx[i0 + i] * L + l) * H, d + i * H, H);
+          }
+        }
+        at::Tensor dHt = (dA.data_ptr() == w.da.data_ptr()) ? w.rows(w.db, n, P)
+                                                             : w.rows(w.da, n, P);
+        at::mm_out(dHt, dA, c.wi(l));
+        {
+          G* d = dHt.template data_ptr<G>();
+          const G* hp = h0_t.template data_ptr<G>();
+          S* acc = dproj_b + l * P;
+          mul_leaky_grad<S, G>(d, hp, n * P);
+          for (int64_t i = 0; i < n; ++i) add_row<S, G>(acc, d + i * P, P);
+        }
+        at::Tensor pe_t = w.pe.narrow(0, 0, n);
+        acc_tn(dproj_w[l], dHt, pe_t);
+        at::Tensor dpe = w.dpe.narrow(0, 0, n);
+        at::mm_out(dpe, dHt, c.pw(l));
+        {
+          encode_grad<S, G>(dpe.template data_ptr<G>(), w.xc.data(), a, b, c.freq.data(), nf,
+                            w.dxy.data(), n, E);
+        }
+      }
+      std::copy(w.dxy.begin(), w.dxy.begin() + n * 3, dx + i0 * 3);
+    }
+  });
+}
+
+template <typename S, typename G>
+Stack<S, G> make_stack(const at::Tensor& frame_idx, const StackWeights& w,
+                       const std::vector<int64_t>& coords, int64_t n_freq, bool inverse,
+                       int64_t M, std::vector<at::Tensor>& keep) {
+  Stack<S, G> c;
+  c.M = M;
+  c.F = w.frame_bias.size(0);
+  c.L = w.proj_w.size(0);
+  c.P = w.proj_w.size(1);
+  c.E = w.proj_w.size(2);
+  c.H = w.w_in_h.size(1);
+  c.NH = w.w_hid.size(0);
+  c.nf = n_freq;
+  c.inverse = inverse;
+  c.coords = coords;
+  for (int64_t k = 0; k < n_freq; ++k) c.freq.push_back(S(M_PI * std::ldexp(1.0, int(k))));
+  c.fidx = frame_idx.data_ptr<int64_t>();
+  c.gtype = c10::CppTypeToScalarType<G>::value;
+  c.proj_w = w.proj_w.to(c.gtype).contiguous();
+  c.w_in_h = w.w_in_h.to(c.gtype).contiguous();
+  c.w_hid = w.w_hid.to(c.gtype).contiguous();
+  at::Tensor w_out_s = w.w_out.to(c.gtype).to(w.w_out.scalar_type()).contiguous();
+  c.w_out_s.assign(w_out_s.data_ptr<S>(), w_out_s.data_ptr<S>() + w_out_s.numel());
+  c.proj_b = w.proj_b.data_ptr<S>();
+  c.frame_bias = w.frame_bias.data_ptr<S>();
+  c.b_hid = w.b_hid.data_ptr<S>();
+  c.b_out = w.b_out.data_ptr<S>();
+  keep = {c.proj_w, c.w_in_h, c.w_hid};
+  return c;
+}
+
+}  // namespace
+
+std::vector<at::Tensor> coupling_stack_fwd_cpu(const at::Tensor& x, const at::Tensor& frame_idx,
+                                               const StackWeights& w,
+                                               const std::vector<int64_t>& coords,
+                                               int64_t n_freq, bool inverse, bool save_inputs,
+                                               bool bf16, int64_t tile) {
+  const int64_t M = x.size(0);
+  const int64_t L = w.proj_w.size(0);
+  at::Tensor y = at::empty_like(x);
+  at::Tensor saved = save_inputs ? at::empty({L, M, 3}, x.options()) : at::Tensor();
+  if (M == 0) return {y, save_inputs ? saved : at::empty({0}, x.options())};
+  std::vector<at::Tensor> keep;
+  if (x.scalar_type() == at::kDouble) {
+    auto c = make_stack<double, double>(frame_idx, w, coords, n_freq, inverse, M, keep);
+    run_forward<double, double>(c, x.data_ptr<double>(), y.data_ptr<double>(),
+                                save_inputs ? saved.data_ptr<double>() : nullptr, tile);
+  } else if (bf16) {
+    auto c = make_stack<float, at::BFloat16>(frame_idx, w, coords, n_freq, inverse, M, keep);
+    run_forward<float, at::BFloat16>(c, x.data_ptr<float>(), y.data_ptr<float>(),
+                                     save_inputs ? saved.data_ptr<float>() : nullptr, tile);
+  } else {
+    auto c = make_stack<float, float>(frame_idx, w, coords, n_freq, inverse, M, keep);
+    run_forward<float, float>(c, x.data_ptr<float>(), y.data_ptr<float>(),
+                              save_inputs ? saved.data_ptr<float>() : nullptr, tile);
+  }
+  return {y, save_inputs ? saved : at::empty({0}, x.options())};
+}
+
+std::vector<at::Tensor> coupling_stack_bwd_cpu(const at::Tensor& dy, const at::Tensor& saved,
+                                               const at::Tensor& frame_idx,
+                                               const StackWeights& w,
+                                               const std::vector<int64_t>& coords,
+                                               int64_t n_freq, bool inverse, bool bf16,
+                                               int64_t tile) {
+  const int64_t M = dy.size(0);
+  const int64_t nt = std::max<int64_t>(1, at::get_num_threads());
+  auto opt = dy.options();
+  auto per_thread = [&](const at::Tensor& t) {
+    std::vector<int64_t> sz{nt};
+    for (auto s : t.sizes()) sz.push_back(s);
+    return at::zeros(sz, opt);
+  };
+  Grads g;
+  g.dfb = per_thread(w.frame_bias);
+  g.dproj_w = per_thread(w.proj_w);
+  g.dproj_b = per_thread(w.proj_b);
+  g.dw_in_h = per_thread(w.w_in_h);
+  g.dw_hid = per_thread(w.w_hid);
+  g.db_hid = per_thread(w.b_hid);
+  g.dw_out = per_thread(w.w_out);
+  g.db_out = per_thread(w.b_out);
+  at::Tensor dx = at::empty_like(dy);
+  if (M > 0) {
+    std::vector<at::Tensor> keep;
+    if (dy.scalar_type() == at::kDouble) {
+      auto c = make_stack<double, double>(frame_idx, w, coords, n_freq, inverse, M, keep);
+      run_backward<double, double>(c, dy.data_ptr<double>(), saved.data_ptr<double>(),
+                                   dx.data_ptr<double>(), g, tile);
+    } else if (bf16) {
+      auto c = make_stack<float, at::BFloat16>(frame_idx, w, coords, n_freq, inverse, M, keep);
+      run_backward<float, at::BFloat16>(c, dy.data_ptr<float>(), saved.data_ptr<float>(),
+                                        dx.data_ptr<float>(), g, tile);
+    } else {
+      auto c = make_stack<float, float>(frame_idx, w, coords, n_freq, inverse, M, keep);
+      run_backward<float, float>(c, dy.data_ptr<float>(), saved.data_ptr<float>(),
+                                 dx.data_ptr<float>(), g, tile);
+    }
+  }
+  return {dx,           g.dfb.sum(0),    g.dproj_w.sum(0), g.dproj_b.sum(0), g.dw_in_h.sum(0),
+          g.dw_hid.sum(0), g.db_hid.sum(0), g.dw_out.sum(0),  g.db_out.sum(0)};
+}
+
+}  // namespace bijection
+}  // namespace omnifast

@@ -1,0 +1,222 @@
+"""Parity of the fused coupling stack (CPU C++ and Triton backends) with the reference.
+
+Small widths keep the suite fast (H = P = 32, C = 16, 6 layers, 2 extra hidden layers); the
+omnimotion widths are exercised by benchmarks/bench_bijection.py.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import assert_close
+
+import omnifast
+from omnifast import ops
+from omnifast.dispatch import available_backends, resolve
+from omnifast.reference.bijection import CouplingParams, coupling_stack_ref
+
+COORDS = (1, 0, 2, 1, 0, 2)
+N_FREQ = 4
+
+
+def _unavailable(name: str) -> str | None:
+    return available_backends("coupling_stack", "cpu", torch.float32)[name]
+
+
+def _backend_param(name: str):
+    reason = _unavailable(name)
+    return pytest.param(name, marks=pytest.mark.skipif(reason is not None,
+                                                       reason=str(reason)))
+
+
+FUSED = [_backend_param("cpu"), _backend_param("triton")]
+
+
+def make_params(L=6, H=32, P=32, C=16, n_hidden=2, n_freq=N_FREQ, dtype=torch.float32,
+                seed=0, gain=1.5):
+    """Random stacked weights at nn.Linear-like scale (times ``gain``)."""
+    g = torch.Generator().manual_seed(seed)
+    E = 2 + 4 * n_freq
+
+    def u(*shape, fan_in):
+        w = (torch.rand(*shape, generator=g, dtype=torch.float64) * 2 - 1) * gain / math.sqrt(
+            fan_in)
+        return w.to(dtype).requires_grad_()
+
+    return CouplingParams(
+        proj_w=u(L, P, E, fan_in=E), proj_b=u(L, P, fan_in=E),
+        w_in=u(L, H, C + P, fan_in=C + P), b_in=u(L, H, fan_in=C + P),
+        w_hidden=tuple(u(L, H, H, fan_in=H) for _ in range(n_hidden)),
+        b_hidden=tuple(u(L, H, fan_in=H) for _ in range(n_hidden)),
+        w_out=u(L, 2, H, fan_in=H), b_out=u(L, 2, fan_in=H),
+    )
+
+
+def make_inputs(M, F, params, dtype=torch.float32, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    L, C = params.num_layers, params.code_dim
+    x = (torch.rand(M, 3, generator=g, dtype=torch.float64) * 2 - 1).to(dtype).requires_grad_()
+    frame_idx = torch.randint(0, F, (M,), generator=g)
+    codes = torch.randn(F, L, C, generator=g, dtype=torch.float64).to(dtype).requires_grad_()
+    return x, frame_idx, codes
+
+
+def leaves(x, codes, params):
+    return [x, codes, params.proj_w, params.proj_b, params.w_in, params.b_in, *params.w_hidden,
+            *params.b_hidden, params.w_out, params.b_out]
+
+
+LEAF_NAMES = ["x", "codes", "proj_w", "proj_b", "w_in", "b_in", "w_hidden0", "w_hidden1",
+              "b_hidden0", "b_hidden1", "w_out", "b_out"]
+
+
+def run(backend, x, frame_idx, codes, params, inverse, coords=COORDS, n_freq=N_FREQ):
+    with omnifast.backend(backend):
+        return ops.coupling_stack(x, frame_idx, codes, params, coords, n_freq, inverse=inverse)
+
+
+@pytest.mark.parametrize("backend", FUSED)
+@pytest.mark.parametrize("inverse", [False, True], ids=["fwd", "inv"])
+@pytest.mark.parametrize("M,F", [(1, 1), (257, 1), (1000, 5)])
+def test_values_and_gradients_match_reference(backend, inverse, M, F):
+    if backend == "triton" and M > 300:
+        M = 300  # each interpreted program costs ~1 ms per layer
+    params = make_params()
+    x, frame_idx, codes = make_inputs(M, F, params)
+    y_ref = coupling_stack_ref(x, frame_idx, codes, params, COORDS, N_FREQ, inverse)
+    y = run(backend, x, frame_idx, codes, params, inverse)
+    assert_close(y, y_ref, rtol=1e-5, atol=2e-5, name=f"{backend} y")
+    dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(7))
+    g_ref = torch.autograd.grad(y_ref, leaves(x, codes, params), dy)
+    g = torch.autograd.grad(y, leaves(x, codes, params), dy)
+    for name, a, e in zip(LEAF_NAMES, g, g_ref):
+        scale = e.abs().max().item() + 1e-6
+        assert_close(a, e, rtol=1e-4, atol=2e-5 * scale, name=f"{backend} d{name}")
+
+
+@pytest.mark.parametrize("backend", FUSED)
+def test_forward_then_inverse_is_identity(backend):
+    params = make_params(seed=3)
+    x, frame_idx, codes = make_inputs(300, 4, params, seed=4)
+    with torch.no_grad():
+        y = run(backend, x, frame_idx, codes, params, inverse=False)
+        back = run(backend, y, frame_idx, codes, params, inverse=True)
+    assert (y - x).abs().max() > 1e-2  # the map is not the identity
+    assert_close(back, x, rtol=0, atol=1e-5, name="round trip")
+
+
+@pytest.mark.parametrize("backend", FUSED)
+def test_empty_input(backend):
+    params = make_params()
+    x, frame_idx, codes = make_inputs(0, 2, params)
+    y = run(backend, x, frame_idx, codes, params, inverse=False)
+    assert y.shape == (0, 3)
+    (y.sum() + 0.0).backward()
+    assert params.w_out.grad is not None and torch.count_nonzero(params.w_out.grad) == 0
+
+
+def test_cpu_gradcheck_float64():
+    if _unavailable("cpu"):
+        pytest.skip(_unavailable("cpu"))
+    params = make_params(L=3, H=4, P=4, C=2, n_hidden=1, n_freq=1, dtype=torch.float64, seed=5)
+    x, frame_idx, codes = make_inputs(5, 2, params, dtype=torch.float64, seed=6)
+    coords = (1, 0, 2)
+    names = ["proj_w", "proj_b", "w_in", "b_in", "w_hidden", "b_hidden", "w_out", "b_out"]
+
+    for inverse in (False, True):
+        def fn(x, codes, *flat, inverse=inverse):
+            p = dict(zip(names, flat))
+            p["w_hidden"], p["b_hidden"] = (p["w_hidden"],), (p["b_hidden"],)
+            return run("cpu", x, frame_idx, codes, CouplingParams(**p), inverse, coords, 1)
+
+        flat = [params.proj_w, params.proj_b, params.w_in, params.b_in, params.w_hidden[0],
+                params.b_hidden[0], params.w_out, params.b_out]
+        assert torch.autograd.gradcheck(fn, (x, codes, *flat), eps=1e-6, atol=1e-6)
+
+
+def _rel_err(a, e):
+    return ((a.double() - e.double()).norm() / e.double().norm().clamp_min(1e-30)).item()
+
+
+@pytest.mark.parametrize("backend", FUSED)
+@pytest.mark.parametrize("inverse", [False, True], ids=["fwd", "inv"])
+def test_bf16_error_at_most_twice_torch_bf16(backend, inverse):
+    params = make_params(seed=11)
+    x, frame_idx, codes = make_inputs(256, 3, params, seed=12)
+    dy = torch.randn(256, 3, generator=torch.Generator().manual_seed(13))
+    lv = leaves(x, codes, params)
+    y32 = coupling_stack_ref(x, frame_idx, codes, params, COORDS, N_FREQ, inverse)
+    g32 = torch.autograd.grad(y32, lv, dy)
+    with omnifast.matmul_precision("bf16"):
+        ytb = coupling_stack_ref(x, frame_idx, codes, params, COORDS, N_FREQ, inverse)
+        gtb = torch.autograd.grad(ytb, lv, dy)
+        y = run(backend, x, frame_idx, codes, params, inverse)
+        g = torch.autograd.grad(y, lv, dy)
+    torch_err = _rel_err(ytb, y32)
+    assert torch_err > 1e-5, "the reference did not run in bf16"
+    assert _rel_err(y, y32) <= 2 * torch_err, (
+        f"y: bf16 error {_rel_err(y, y32):.3g} vs torch bf16 {torch_err:.3g}")
+    for name, a, t, e in zip(LEAF_NAMES, g, gtb, g32):
+        ours, theirs = _rel_err(a, e), _rel_err(t, e)
+        assert ours <= 2 * theirs + 1e-6, f"d{name}: bf16 error {ours:.3g} vs torch {theirs:.3g}"
+
+
+def test_backward_saves_only_coordinates():
+    """Autograd keeps the [L, M, 3] layer inputs, not [M, 256]-wide activations."""
+    if _unavailable("cpu"):
+        pytest.skip(_unavailable("cpu"))
+    params = make_params(H=64, P=64)
+    M = 2000
+    x, frame_idx, codes = make_inputs(M, 3, params)
+    saved = []
+
+    def pack(t):
+        saved.append(t.numel() if t.shape[:1] != (0,) else 0)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        run("cpu", x, frame_idx, codes, params, inverse=False)
+    per_point = (sum(saved) - sum(p.numel() for p in leaves(x, codes, params)[2:]) * 2) / M
+    # layer inputs (6 x 3) plus the frame index; the reference keeps hundreds of floats per point
+    assert per_point < 6 * 3 + 2, per_point
+    saved.clear()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        run("torch", x, frame_idx, codes, params, inverse=False)
+    assert sum(saved) / M > 500
+
+
+def test_auto_dispatch_prefers_fused_cpu_and_falls_back():
+    if _unavailable("cpu"):
+        pytest.skip(_unavailable("cpu"))
+    name, _ = resolve("coupling_stack", torch.device("cpu"), torch.float32)
+    assert name == "cpu"
+    name, _ = resolve("coupling_stack", torch.device("cpu"), torch.bfloat16)
+    assert name == "torch"
+    with omnifast.backend("cpu"), pytest.raises(omnifast.BackendUnavailableError, match="float"):
+        resolve("coupling_stack", torch.device("cpu"), torch.float16)
+
+
+def test_model_bijection_uses_fused_path():
+    if _unavailable("cpu"):
+        pytest.skip(_unavailable("cpu"))
+    from omnifast.config import ModelConfig
+    from omnifast.model.nvp import InvertibleMap
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(code_dim=16, coupling_hidden=(32, 32, 32), proj_dim=32, use_affine=False)
+    net = InvertibleMap(cfg, coords=COORDS)
+    x = torch.rand(100, 3) * 2 - 1
+    fi = torch.randint(0, 3, (100,))
+    psi, t = torch.randn(3, 16), torch.rand(3)
+    with omnifast.backend("torch"):
+        ref = net(x, fi, psi, t)
+        ref.square().sum().backward()
+    g_ref = net.layers1[2].map_st[0].mlp[0].weight.grad.clone()
+    net.zero_grad()
+    out = net(x, fi, psi, t)  # auto: the fused CPU kernels
+    out.square().sum().backward()
+    assert_close(out, ref, rtol=1e-5, atol=1e-5, name="InvertibleMap")
+    assert_close(net.layers1[2].map_st[0].mlp[0].weight.grad, g_ref, rtol=1e-4, atol=1e-5,
+                 name="InvertibleMap dW_in")
