@@ -31,3 +31,24 @@ __all__ = [
     "get_matmul_precision", "get_preset", "load_checkpoint", "load_omnimotion_checkpoint",
     "matmul_precision", "save_checkpoint",
 ]
+
+# The fitting API is imported on first use, so that `import omnifast` stays light (no OpenCV,
+# imageio or tqdm until a clip is actually loaded or fitted).
+_LAZY = {
+    "fit": ("omnifast.api", "fit"),
+    "load_tracker": ("omnifast.track", "load_tracker"),
+    "Tracker": ("omnifast.track", "Tracker"),
+    "load_video": ("omnifast.data.video", "load_video"),
+}
+__all__ += list(_LAZY)
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(module), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'omnifast' has no attribute {name!r}")

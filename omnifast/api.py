@@ -1,0 +1,210 @@
+"""The user-facing entry points: :func:`fit` a clip, :func:`load_tracker`, write the pictures."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from omnifast.config import Preset, get_preset
+from omnifast.data.motion import MotionData
+from omnifast.track import Tracker, load_tracker
+from omnifast.train.trainer import Trainer, frames_digest
+
+TRACKER_NAME = "tracker.pt"
+TRACKS_NAME = "tracks.npz"
+MOTION_CACHE = "motion-cache"
+#: at most this many grid points are drawn in tracks.mp4
+VIDEO_POINTS = 100
+
+
+def tensorboard_writer(logdir: str | os.PathLike | None):
+    """A ``torch.utils.tensorboard.SummaryWriter`` for ``logdir``, or None (with a one-line
+    note on stderr) when TensorBoard is not installed."""
+    if logdir is None:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415
+    except Exception:  # noqa: BLE001 (ImportError, or a broken tensorboard install)
+        print("omnifast: tensorboard is not installed (pip install tensorboard); "
+              "continuing without TensorBoard logs", file=sys.stderr)
+        return None
+    return SummaryWriter(log_dir=os.fspath(logdir))
+
+
+def _frames_of(video, max_side: int | None) -> np.ndarray:
+    from omnifast.data.video import load_video  # noqa: PLC0415 (cv2/imageio on demand)
+
+    return load_video(video, max_side=max_side)
+
+
+def _has_supplied_flows(video) -> bool:
+    """An OmniMotion sequence folder that carries its own flows (``raft_exhaustive/``)."""
+    if not isinstance(video, (str, os.PathLike)):
+        return False
+    root = Path(video).expanduser()
+    return (root / "color").is_dir() and (root / "raft_exhaustive").is_dir()
+
+
+def fit(video, *, preset: str | Preset = "cpu", iters: int | None = None,
+        out_dir: str | os.PathLike | None = None, device: str | torch.device | None = None,
+        seed: int = 0, resume: bool = False, progress: bool = True,
+        tensorboard: str | os.PathLike | None = None, max_side: int | None = None,
+        motion: MotionData | None = None) -> Tracker:
+    """Fit OmniMotion to a clip and return a tracker.
+
+    Args:
+        video: a video file, an image folder, an OmniMotion sequence folder (its own flows,
+            masks and statistics are used when it has ``raft_exhaustive/`` and ``max_side`` is
+            not given), a ``[T, H, W, 3]`` uint8 array, or a
+            :class:`~omnifast.data.MotionData` (frames and motion given).
+        preset: ``"cpu"`` (minutes on a laptop CPU) or ``"omnimotion"`` (the original's
+            sizes and 100k steps, for a GPU), or a :class:`~omnifast.Preset`.
+        iters: number of optimisation steps (default: the preset's).
+        out_dir: folder for ``checkpoint.pt`` (written periodically), the motion cache and
+            ``tracker.pt``; nothing is written when None.
+        device: ``"cpu"``, ``"cuda"`` or None (CUDA when available).
+        seed: seed of the network initialisation and of the sampling.
+        resume: continue from ``out_dir/checkpoint.pt`` when it exists.
+        progress: progress bars on stderr.
+        tensorboard: folder for TensorBoard logs (losses and learning rates).
+        max_side: shrink frames so that their longer side is at most this.
+        motion: precomputed motion for ``video`` (skips the optical-flow step).
+
+    Returns:
+        a :class:`~omnifast.track.Tracker`; its ``frames`` attribute holds the input frames.
+
+    Raises:
+        omnifast.data.video.VideoError: unusable input clip.
+        ValueError: bad arguments or motion (e.g. NaN in supplied flows).
+        omnifast.CheckpointError: ``resume`` with a damaged or foreign checkpoint.
+        omnifast.train.FitInterrupted: Ctrl-C (after saving the checkpoint).
+        omnifast.train.FitError: the optimisation keeps producing NaN.
+    """
+    preset_obj = get_preset(preset)
+    if isinstance(video, MotionData):
+        motion = video
+    elif motion is None and _has_supplied_flows(video) and max_side is None:
+        from omnifast.data.flow import motion_from_omnimotion_folder  # noqa: PLC0415
+
+        motion = motion_from_omnimotion_folder(video)
+    if motion is None:
+        frames = _frames_of(video, max_side)
+    else:
+        motion.validate()
+        frames = np.asarray(motion.frames)
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        for name in (TRACKER_NAME, TRACKS_NAME):  # results of an earlier fit would look current
+            (out / name).unlink(missing_ok=True)
+    if motion is None:
+        from omnifast.data.flow import compute_motion  # noqa: PLC0415
+
+        cache = out / MOTION_CACHE if out is not None else None
+        motion = compute_motion(frames, cache_dir=cache, progress=progress)
+    writer = tensorboard_writer(tensorboard)
+    log = None
+    if writer is not None:
+        def log(step, scalars):
+            for key, value in scalars.items():
+                writer.add_scalar(key, value, step)
+    t0 = time.time()
+    trainer = Trainer(motion, preset_obj, iters=iters, out_dir=out, device=device, seed=seed,
+                      progress=progress, log=log)
+    try:
+        model = trainer.run(resume=resume)
+    finally:
+        if writer is not None:
+            writer.flush()
+    tracker = Tracker(model, motion.height, motion.width, preset=preset_obj.name,
+                      device=trainer.device,
+                      info={"steps": trainer.step, "seed": seed,
+                            "video_digest": frames_digest(frames),
+                            "fit_seconds": round(time.time() - t0, 2),
+                            "motion_source": motion.source})
+    tracker.frames = frames
+    tracker.tensorboard = writer
+    if out is not None:
+        tracker.save(out / TRACKER_NAME)
+    return tracker
+
+
+def _save_npz(path: Path, **arrays) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npz", dir=path.parent)
+    os.close(fd)
+    try:
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_tracks(path: str | os.PathLike, query_points: np.ndarray, tracks: np.ndarray,
+                occluded: np.ndarray) -> Path:
+    """Write ``query_points [N, 3]``, ``tracks [N, T, 2]``, ``occluded [N, T]`` atomically."""
+    return _save_npz(Path(path), query_points=np.asarray(query_points, np.float32),
+                     tracks=np.asarray(tracks, np.float32), occluded=np.asarray(occluded, bool))
+
+
+def write_results(tracker: Tracker, out_dir: str | os.PathLike,
+                  frames: np.ndarray | None = None, *, num_points: int = 256,
+                  query_frame: int = 0, fps: float = 10) -> dict[str, Path]:
+    """Track a grid of points and write the pictures of a fit.
+
+    Writes ``tracks.npz`` (grid queries on ``query_frame``: query_points, tracks, occluded),
+    ``tracks.mp4`` (trails of a grid of at most 100 points; occluded points drawn as
+    crosses), ``depth.mp4`` (pseudo-depth),
+    ``color.mp4`` (input | rendered colour) and ``contact_sheet.png`` (a few frames of all three).
+
+    Returns:
+        ``{name: path}`` of the written files.
+    """
+    from omnifast import viz  # noqa: PLC0415 (cv2/imageio on demand)
+
+    frames = getattr(tracker, "frames", None) if frames is None else frames
+    if frames is None:
+        raise ValueError("write_results needs the input frames")
+    frames = np.asarray(frames)
+    out = Path(out_dir)
+    queries = tracker.grid_queries(query_frame, num_points=num_points)
+    tracks, occluded = tracker.track(queries)
+    paths = {"tracks": save_tracks(out / TRACKS_NAME, queries, tracks, occluded)}
+    rgb, depth = tracker.render()
+    rendered = (np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8)
+    if len(queries) > VIDEO_POINTS:  # a sparser grid keeps the trails readable
+        queries = tracker.grid_queries(query_frame, num_points=VIDEO_POINTS)
+        tracks, occluded = tracker.track(queries)
+    track_vid = viz.draw_tracks(frames, tracks, occluded, query_frame=query_frame)
+    # normalised over the whole video like the original, but by the 1st and 99th percentiles
+    # instead of min and max, so that a few stray pixels do not flatten the picture
+    finite = depth[np.isfinite(depth)]
+    lo, hi = (float(v) for v in np.percentile(finite, [1, 99])) if finite.size else (0.0, 1.0)
+    depth_vid = viz.colorize_depth(depth, lo=lo, hi=max(hi, lo + 1e-6))
+    color_vid = viz.side_by_side(frames, rendered, labels=("input", "rendered"))
+    paths["tracks_video"] = viz.write_video(out / "tracks.mp4", track_vid, fps=fps)
+    paths["depth_video"] = viz.write_video(out / "depth.mp4", depth_vid, fps=fps)
+    paths["color_video"] = viz.write_video(out / "color.mp4", color_vid, fps=fps)
+    # the sheet stamps each tile's frame number where the first panel's label would go
+    panels = viz.side_by_side(viz.side_by_side(track_vid, depth_vid, labels=("", "depth")),
+                              rendered, labels=("", "rendered"))
+    paths["contact_sheet"] = Path(out / "contact_sheet.png")
+    viz.contact_sheet(panels, paths["contact_sheet"], num=6, cols=2)
+    writer = getattr(tracker, "tensorboard", None)
+    if writer is not None:
+        step = int(tracker.info.get("steps", 0))
+        sheet = viz.contact_sheet(panels, None, num=6, cols=2)
+        writer.add_image("pictures/contact_sheet", sheet, step, dataformats="HWC")
+        writer.flush()
+    return {k: Path(v) for k, v in paths.items()}
+
+
+__all__ = ["fit", "load_tracker", "save_tracks", "tensorboard_writer", "write_results"]

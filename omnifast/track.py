@@ -1,0 +1,342 @@
+"""Inference on a fitted model: point tracks with occlusion, pseudo-depth, dense correspondence.
+
+The correspondence rule is the original's ``use_max_loc`` (spec 3.8-3.9, 5.1): the query ray is
+mapped to the canonical volume once, its sample of largest compositing weight is kept, and for
+each target frame only that single canonical point is mapped back (one T_j^-1 per query and
+frame instead of 32, spec 6.5). Occlusion is decided by a deterministic ray at the predicted
+pixel of the target frame: the point is occluded when the light absorbed in front of it
+(samples with depth < z_j - eps, eps = 1.1 (max - min) / K) exceeds 0.99.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from omnifast import ops
+from omnifast.model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from omnifast.model.geometry import project, sample_depths, unproject
+from omnifast.model.omnimotion import OmniMotion
+
+# the composite op's module (not the function of the same name): its fused argmax and
+# occlusion-score ops are used when present
+_composite_ops = importlib.import_module("omnifast.ops.composite")
+
+#: a point is occluded when the light absorbed in front of it exceeds this (spec 3.9)
+OCCLUSION_THRESHOLD = 0.99
+#: occlusion margin: eps = EPS_FACTOR * (max_depth - min_depth) / K (divided by K, as the original)
+EPS_FACTOR = 1.1
+#: tracker files carry this tag among their extra entries
+TRACKER_KIND = "omnifast-tracker"
+
+
+def _as_numpy(x) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+class Tracker:
+    """Tracks points through a clip with a fitted :class:`~omnifast.model.OmniMotion`.
+
+    Args:
+        model: the fitted networks.
+        height, width: frame size in pixels.
+        preset: name of the preset the model was fitted with (kept in saved files).
+        device: where to run (defaults to the model's device).
+        chunk_size: queries processed together; bounds the memory of :meth:`track`.
+        info: extra entries kept in saved files (e.g. number of steps, video digest).
+    """
+
+    def __init__(self, model: OmniMotion, height: int, width: int, *, preset: str = "",
+                 device: torch.device | str | None = None, chunk_size: int = 4096,
+                 info: dict | None = None) -> None:
+        self.model = model.eval()
+        self.height, self.width = int(height), int(width)
+        self.preset = preset
+        self.device = torch.device(device) if device is not None else \
+            next(model.parameters()).device
+        self.model.to(self.device)
+        self.chunk_size = int(chunk_size)
+        self.info = dict(info or {})
+        #: points per network call (samples included); bounds peak memory. Small chunks keep
+        #: the colour net's [points, width] intermediates in cache (3x faster on a CPU)
+        self.points_per_call = 1 << (13 if self.device.type == "cpu" else 18)
+
+    @property
+    def num_frames(self) -> int:
+        return self.model.num_frames
+
+    def __repr__(self) -> str:
+        return (f"Tracker(num_frames={self.num_frames}, height={self.height}, "
+                f"width={self.width}, preset={self.preset!r})")
+
+    # ------------------------------------------------------------------ building blocks
+    def _depths(self) -> torch.Tensor:
+        c = self.model.config
+        return sample_depths((), c.num_samples, c.min_depth, c.max_depth, device=self.device,
+                             dtype=self.model.param_dtype)
+
+    def _map(self, x: torch.Tensor, frames: torch.Tensor, inverse: bool) -> torch.Tensor:
+        """Map points [M, 3] of (or to) frames [M] through T (or T^-1)."""
+        frame_ids, idx = torch.unique(frames, return_inverse=True)
+        return self.model.map_points(x, idx, frame_ids, inverse=inverse)
+
+    def _ray_weights(self, frames: torch.Tensor, px: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Deterministic rays at pixels of frames: (canonical samples [M, K, 3], rgb [M, 3],
+        depth [M], weights [M, K])."""
+        d = self._depths()
+        k = d.shape[0]
+        x = unproject(px, d, self.height, self.width)  # [M, K, 3]
+        u = self._map(x.reshape(-1, 3), frames.repeat_interleave(k), inverse=False)
+        u = u.reshape(-1, k, 3)
+        rgb, extra, w = self.model.render(u, values=x[..., 2:3])
+        return u, rgb, extra[..., 0], w
+
+    def _ray_sigma(self, frames: torch.Tensor, px: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Deterministic rays at pixels of frames: (canonical samples [M, K, 3], density
+        [M, K])."""
+        d = self._depths()
+        k = d.shape[0]
+        x = unproject(px, d, self.height, self.width)
+        u = self._map(x.reshape(-1, 3), frames.repeat_interleave(k), inverse=False)
+        u = u.reshape(-1, k, 3)
+        return u, self.model.color_density(u)[1]
+
+    def _anchors(self, frames: torch.Tensor, px: torch.Tensor) -> torch.Tensor:
+        """Canonical point of largest weight on each query ray. [M], [M, 2] -> [M, 3]"""
+        u, sigma = self._ray_sigma(frames, px)
+        fused = getattr(_composite_ops, "composite_argmax", None)
+        if fused is not None:
+            best = fused(sigma)
+        else:
+            best = ops.composite(sigma, sigma.unsqueeze(-1))[1].argmax(dim=-1)
+        return u[torch.arange(u.shape[0], device=u.device), best]
+
+    def _occluded(self, frames: torch.Tensor, px: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Absorbed light in front of depth z on the ray at px in frames > threshold. -> [M]"""
+        c = self.model.config
+        d = self._depths()
+        _, sigma = self._ray_sigma(frames, px)
+        eps = EPS_FACTOR * (c.max_depth - c.min_depth) / c.num_samples
+        limit = (z - eps).to(sigma.dtype)
+        fused = getattr(_composite_ops, "occlusion_score", None)
+        if fused is not None:
+            score = fused(sigma, d.expand_as(sigma).contiguous(), limit)
+        else:
+            w = ops.composite(sigma, sigma.unsqueeze(-1))[1]
+            score = (w * (d[None, :] < limit[:, None])).sum(-1)
+        return score > OCCLUSION_THRESHOLD
+
+    def _follow(self, anchors: torch.Tensor, targets: torch.Tensor, with_occlusion: bool
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Map canonical anchors [M, 3] into target frames [M]: (pixels [M, 2], occluded [M])."""
+        y = self._map(anchors, targets, inverse=True)
+        px, z = project(y, self.height, self.width)
+        if not with_occlusion:
+            return px, torch.zeros_like(z, dtype=torch.bool)
+        # Deliberate difference from the original (which decides occlusion from the density
+        # alone): a point mapped outside the frame is not visible, as TAP-Vid counts it.
+        outside = ((px[:, 0] < 0) | (px[:, 0] > self.width - 1) | (px[:, 1] < 0)
+                   | (px[:, 1] > self.height - 1))
+        return px, self._occluded(targets, px, z) | outside
+
+    # ------------------------------------------------------------------ queries
+    def check_queries(self, query_points) -> np.ndarray:
+        """Validate queries [N, 3] as (t, y, x) pixels; returns them as float64 numpy."""
+        q = _as_numpy(query_points)
+        if q.dtype == object or not np.issubdtype(q.dtype, np.number):
+            raise ValueError(f"query points must be numbers, got dtype {q.dtype}")
+        q = q.astype(np.float64)
+        if q.ndim != 2 or q.shape[1] != 3:
+            raise ValueError(f"query points must have shape [N, 3] as (t, y, x), got "
+                             f"{list(q.shape)}")
+        if not np.isfinite(q).all():
+            raise ValueError("query points contain NaN or Inf")
+        t = q[:, 0]
+        if len(t) and (np.abs(t - np.round(t)) > 1e-3).any():
+            raise ValueError("query times must be whole frame indices")
+        if len(t) and (t.min() < 0 or t.max() > self.num_frames - 1):
+            bad = t[(t < 0) | (t > self.num_frames - 1)][0]
+            raise ValueError(f"query time {bad:g} is outside the video (frames 0..."
+                             f"{self.num_frames - 1})")
+        return q
+
+    @torch.no_grad()
+    def track(self, query_points, *, chunk_size: int | None = None,
+              frames: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Track query points through every frame.
+
+        Args:
+            query_points: (t, y, x) in pixels, t an integer frame index (the TAP-Vid order).
+                [N, 3]
+            chunk_size: queries processed together (default ``self.chunk_size``).
+            frames: target frames (default all ``T``).
+
+        Returns:
+            ``(tracks [N, T', 2] float32 as (x, y) pixels, occluded [N, T'] bool)``; at the
+            query's own frame the track is the query and not occluded.
+
+        Raises:
+            ValueError: wrong shape, non-finite values or query times outside the video.
+        """
+        q = self.check_queries(query_points)
+        targets = list(range(self.num_frames)) if frames is None else [int(f) for f in frames]
+        if any(f < 0 or f >= self.num_frames for f in targets):
+            raise ValueError(f"target frames must lie in 0..{self.num_frames - 1}")
+        n, nt = q.shape[0], len(targets)
+        tracks = np.zeros((n, nt, 2), np.float32)
+        occluded = np.zeros((n, nt), bool)
+        chunk = max(1, int(chunk_size or self.chunk_size))
+        k = self.model.config.num_samples
+        dtype = self.model.param_dtype
+        tgt = torch.tensor(targets, device=self.device, dtype=torch.long)
+        for start in range(0, n, chunk):
+            qc = torch.as_tensor(q[start:start + chunk], device=self.device, dtype=dtype)
+            m = qc.shape[0]
+            qt = qc[:, 0].round().long()
+            px = qc[:, [2, 1]]
+            anchors = self._anchors(qt, px)
+            group = max(1, self.points_per_call // max(m * k, 1))
+            for g0 in range(0, nt, group):
+                tg = tgt[g0:g0 + group]
+                a = anchors.repeat(tg.shape[0], 1)
+                tf = tg.repeat_interleave(m)
+                p_out, occ = self._follow(a, tf, with_occlusion=True)
+                p_out = p_out.reshape(tg.shape[0], m, 2).transpose(0, 1)
+                occ = occ.reshape(tg.shape[0], m).transpose(0, 1)
+                same = qt[:, None] == tg[None, :]
+                p_out = torch.where(same[..., None], px[:, None, :], p_out)
+                occ = occ & ~same
+                tracks[start:start + m, g0:g0 + tg.shape[0]] = p_out.float().cpu().numpy()
+                occluded[start:start + m, g0:g0 + tg.shape[0]] = occ.cpu().numpy()
+        return tracks, occluded
+
+    def grid_queries(self, frame: int = 0, spacing: int | None = None,
+                     num_points: int = 256) -> np.ndarray:
+        """A regular grid of queries (t, y, x) on one frame. Returns [N, 3] float32.
+
+        Args:
+            frame: query frame.
+            spacing: grid step in pixels (default: about ``num_points`` points in all).
+        """
+        if not 0 <= frame < self.num_frames:
+            raise ValueError(f"query frame {frame} is outside the video (frames 0..."
+                             f"{self.num_frames - 1})")
+        h, w = self.height, self.width
+        if spacing is None:
+            spacing = max(1, int(round(np.sqrt(h * w / max(num_points, 1)))))
+        ys = np.arange(spacing / 2, h, spacing)
+        xs = np.arange(spacing / 2, w, spacing)
+        yy, xx = np.meshgrid(np.floor(ys), np.floor(xs), indexing="ij")
+        t = np.full(yy.size, float(frame))
+        return np.stack([t, yy.ravel(), xx.ravel()], -1).astype(np.float32)
+
+    # ------------------------------------------------------------------ dense outputs
+    def _pixels(self, stride: int = 1) -> torch.Tensor:
+        ys, xs = torch.meshgrid(torch.arange(0, self.height, stride),
+                                torch.arange(0, self.width, stride), indexing="ij")
+        return torch.stack([xs, ys], -1).reshape(-1, 2).to(self.device, self.model.param_dtype)
+
+    @torch.no_grad()
+    def render(self, frames: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Rendered colour and pseudo-depth of whole frames, in one pass per frame.
+
+        Returns:
+            ``(rgb [F, H, W, 3] float32 in [0, 1], depth [F, H, W] float32)``.
+        """
+        frames = list(range(self.num_frames)) if frames is None else [int(f) for f in frames]
+        px = self._pixels()
+        k = self.model.config.num_samples
+        chunk = max(1, self.points_per_call // k)
+        rgbs, depths = [], []
+        for f in frames:
+            rgb_f, depth_f = [], []
+            for s in range(0, px.shape[0], chunk):
+                p = px[s:s + chunk]
+                fr = torch.full((p.shape[0],), f, device=self.device, dtype=torch.long)
+                _, rgb, depth, _ = self._ray_weights(fr, p)
+                rgb_f.append(rgb)
+                depth_f.append(depth)
+            rgbs.append(torch.cat(rgb_f).reshape(self.height, self.width, 3))
+            depths.append(torch.cat(depth_f).reshape(self.height, self.width))
+        return (torch.stack(rgbs).float().cpu().numpy(),
+                torch.stack(depths).float().cpu().numpy())
+
+    def depth_maps(self, frames: Sequence[int] | None = None) -> np.ndarray:
+        """Pseudo-depth sum_k w_k d_k of every pixel. Returns [F, H, W] float32."""
+        return self.render(frames)[1]
+
+    @torch.no_grad()
+    def correspondence(self, i: int, j: int, *, with_occlusion: bool = True, stride: int = 1
+                       ) -> tuple[np.ndarray, np.ndarray]:
+        """Dense correspondence from frame i to frame j (the predicted optical flow).
+
+        Args:
+            i, j: source and target frames.
+            with_occlusion: also decide occlusion in frame j (one more ray per pixel).
+            stride: only every ``stride``-th pixel in each direction (from pixel 0).
+
+        Returns:
+            ``(flow [H', W', 2] float32 as (dx, dy) pixels, occluded [H', W'] bool)`` with
+            ``H' = ceil(H / stride)``, ``W' = ceil(W / stride)``.
+        """
+        for f in (i, j):
+            if not 0 <= int(f) < self.num_frames:
+                raise ValueError(f"frame {f} is outside the video (frames 0..."
+                                 f"{self.num_frames - 1})")
+        stride = max(1, int(stride))
+        px = self._pixels(stride)
+        hs, ws = -(-self.height // stride), -(-self.width // stride)
+        k = self.model.config.num_samples
+        chunk = max(1, self.points_per_call // k)
+        flows, occs = [], []
+        for s in range(0, px.shape[0], chunk):
+            p = px[s:s + chunk]
+            src = torch.full((p.shape[0],), int(i), device=self.device, dtype=torch.long)
+            dst = torch.full_like(src, int(j))
+            p_j, occ = self._follow(self._anchors(src, p), dst, with_occlusion)
+            flows.append(p_j - p)
+            occs.append(occ)
+        flow = torch.cat(flows).reshape(hs, ws, 2).float().cpu().numpy()
+        occ = torch.cat(occs).reshape(hs, ws).cpu().numpy()
+        return flow, occ
+
+    # ------------------------------------------------------------------ files
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the tracker (model, frame size, preset) atomically to ``path``."""
+        save_checkpoint(self.model, path, kind=TRACKER_KIND, height=self.height,
+                        width=self.width, preset=self.preset, info=self.info)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: torch.device | str | None = None
+             ) -> Tracker:
+        """Read a tracker written by :meth:`save` (a folder holding ``tracker.pt`` works too).
+
+        Raises:
+            FileNotFoundError: no such file.
+            omnifast.CheckpointError: not a tracker file, or a damaged one.
+        """
+        path = os.fspath(path)
+        if os.path.isdir(path):
+            path = os.path.join(path, "tracker.pt")
+        model, extra = load_checkpoint(path, with_extra=True)
+        if extra.get("kind") != TRACKER_KIND:
+            raise CheckpointError(f"{path} is an omnifast model checkpoint, not a tracker file")
+        try:
+            h, w = int(extra["height"]), int(extra["width"])
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError(f"{path} is a damaged tracker file (no frame size)") from None
+        return cls(model, h, w, preset=str(extra.get("preset", "")), device=device or "cpu",
+                   info=extra.get("info") or {})
+
+
+def load_tracker(path: str | os.PathLike, device: torch.device | str | None = None) -> Tracker:
+    """Load a tracker saved by :meth:`Tracker.save` (or a fit's output folder)."""
+    return Tracker.load(path, device=device)
