@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import glob
 import importlib
+import multiprocessing
 import os
 import pkgutil
 import re
@@ -23,8 +24,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: the most shared memory one block may use on an H100 (227 KB)
+H100_SMEM_PER_BLOCK = 232_448
 
 
 def _cuobjdump() -> str | None:
@@ -56,56 +61,86 @@ def _resource_usage(cubin: bytes) -> dict[str, dict[str, int]]:
     return usage
 
 
-def check_triton(verbose: bool) -> list[str]:
-    failures = []
+def _compile_one(module: str, index: int) -> dict:
+    """Compile spec ``index`` of ``omnifast.kernels.<module>`` for sm_90 (runs in a worker)."""
+    os.environ.pop("TRITON_INTERPRET", None)
+    import triton  # noqa: PLC0415
+    from triton.backends.compiler import GPUTarget  # noqa: PLC0415
+    from triton.compiler import ASTSource  # noqa: PLC0415
+
+    spec = importlib.import_module(f"omnifast.kernels.{module}").sm90_specs()[index]
+    sig = dict(spec.signature)
+    for name in spec.constexprs:
+        sig[name] = "constexpr"
+    res = {"name": spec.name, "expect_tc": spec.expect_tensor_cores}
+    t0 = time.time()
+    try:
+        k = triton.compile(ASTSource(spec.fn, sig, constexprs=dict(spec.constexprs)),
+                           target=GPUTarget("cuda", 90, 32),
+                           options={"num_warps": spec.num_warps, "num_stages": spec.num_stages})
+    except Exception as exc:  # noqa: BLE001
+        res["error"] = str(exc)
+        return res
+    ptx = k.asm["ptx"]
+    res["tc"] = "wgmma" if "wgmma" in ptx else ("mma" if re.search(r"\bmma\.", ptx) else "none")
+    usage = next(iter(_resource_usage(k.asm["cubin"]).values()), {})
+    res["regs"], res["local"] = usage.get("REG", -1), usage.get("LOCAL", 0)
+    res["smem"] = max(int(getattr(k.metadata, "shared", 0)), usage.get("SHARED", 0))
+    res["seconds"] = time.time() - t0
+    return res
+
+
+def check_triton(verbose: bool, modules: list[str] | None = None) -> list[str]:
     try:
         import triton  # noqa: PLC0415
-        from triton.backends.compiler import GPUTarget  # noqa: PLC0415
-        from triton.compiler import ASTSource  # noqa: PLC0415
     except ImportError as exc:
         return [f"triton is not importable: {exc}"]
     import omnifast.kernels as kpkg  # noqa: PLC0415
 
-    target = GPUTarget("cuda", 90, 32)
-    print(f"== Triton {triton.__version__}: kernels compiled for sm_90")
-    print(f"{'kernel':44s} {'regs':>5s} {'smem B':>8s} {'local B':>8s} {'tensor cores':>13s}")
-    found = 0
+    failures, jobs = [], []
     for info in pkgutil.iter_modules(kpkg.__path__):
-        if info.name.startswith("_"):
+        if info.name.startswith("_") or (modules and info.name not in modules):
             continue
         mod = importlib.import_module(f"omnifast.kernels.{info.name}")
-        specs_fn = getattr(mod, "sm90_specs", None)
-        if specs_fn is None:
+        if not hasattr(mod, "sm90_specs"):
             failures.append(f"kernels/{info.name}.py has no sm90_specs()")
             continue
-        for spec in specs_fn():
-            found += 1
-            sig = dict(spec.signature)
-            for name in spec.constexprs:
-                sig[name] = "constexpr"
-            try:
-                k = triton.compile(ASTSource(spec.fn, sig, constexprs=dict(spec.constexprs)),
-                                   target=target, options={"num_warps": spec.num_warps,
-                                                           "num_stages": spec.num_stages})
-            except Exception as exc:  # noqa: BLE001
-                failures.append(f"{spec.name}: compile error: {str(exc).splitlines()[0]}")
-                print(f"{spec.name:44s} COMPILE ERROR")
-                if verbose:
-                    print(exc)
-                continue
-            ptx = k.asm["ptx"]
-            tc = "wgmma" if "wgmma" in ptx else ("mma" if re.search(r"\bmma\.", ptx) else "none")
-            usage = next(iter(_resource_usage(k.asm["cubin"]).values()), {})
-            regs, local = usage.get("REG", -1), usage.get("LOCAL", 0)
-            smem = max(int(getattr(k.metadata, "shared", 0)), usage.get("SHARED", 0))
-            print(f"{spec.name:44s} {regs:5d} {smem:8d} {local:8d} {tc:>13s}")
-            if local > 0:
-                failures.append(f"{spec.name}: {local} bytes of local memory (register spills)")
-            if spec.expect_tensor_cores and tc == "none":
-                failures.append(f"{spec.name}: no wgmma/mma instructions in a matrix kernel")
-    if found == 0:
-        failures.append("no Triton kernels found to compile")
+        jobs += [(info.name, i) for i in range(len(mod.sm90_specs()))]
+    if not jobs:
+        return failures + ["no Triton kernels found to compile"]
+    print(f"== Triton {triton.__version__}: {len(jobs)} kernel compiles for sm_90 (H100)")
+    print(f"{'kernel':40s} {'regs':>5s} {'smem B':>8s} {'local B':>8s} {'tensor cores':>13s}"
+          f" {'s':>5s}")
+    workers = max(1, min(len(jobs), os.cpu_count() or 1))
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        results = list(pool.map(_compile_one, *zip(*jobs)))
+    for r in results:
+        if "error" in r:
+            failures.append(f"{r['name']}: compile error: {r['error'].splitlines()[0]}")
+            print(f"{r['name']:40s} COMPILE ERROR")
+            if verbose:
+                print(r["error"])
+            continue
+        print(f"{r['name']:40s} {r['regs']:5d} {r['smem']:8d} {r['local']:8d} {r['tc']:>13s} "
+              f"{r['seconds']:5.0f}")
+        if r["local"] > 0:
+            failures.append(f"{r['name']}: {r['local']} bytes of local memory (register spills)")
+        if r["smem"] > H100_SMEM_PER_BLOCK:
+            failures.append(f"{r['name']}: needs {r['smem']} B of shared memory, above the "
+                            f"H100's {H100_SMEM_PER_BLOCK} B per block")
+        if r["expect_tc"] and r["tc"] == "none":
+            failures.append(f"{r['name']}: no wgmma/mma instructions in a matrix kernel")
     return failures
+
+
+def _demangle(name: str) -> str:
+    """A short readable kernel name: demangled, without namespaces and argument lists."""
+    tool = shutil.which("c++filt")
+    if tool:
+        name = subprocess.run([tool, name], capture_output=True, text=True).stdout.strip() or name
+    name = re.sub(r"^void ", "", name.replace("(anonymous namespace)::", ""))
+    name = name.split("(", 1)[0]  # drop the argument list
+    return re.sub(r"\b\w+::", "", name)
 
 
 def _torch_includes() -> list[str]:
@@ -153,7 +188,7 @@ def check_cuda(verbose: bool) -> list[str]:
                 m = re.search(r"Used (\d+) registers.*?(?:(\d+) bytes smem)?", line)
                 if m and kernel:
                     smem = re.search(r"(\d+) bytes smem", line)
-                    print(f"  {kernel[:60]:60s} regs {m.group(1):>4s} smem "
+                    print(f"  {_demangle(kernel)[:70]:70s} regs {m.group(1):>4s} smem "
                           f"{smem.group(1) if smem else '0':>6s}")
                 m = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", line)
                 if m and kernel and (int(m.group(1)) or int(m.group(2))):
@@ -164,13 +199,15 @@ def check_cuda(verbose: bool) -> list[str]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", choices=("triton", "cuda"), default=None)
+    ap.add_argument("--module", action="append", default=None,
+                    help="only these kernels/ modules (repeatable)")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args()
     os.environ.pop("TRITON_INTERPRET", None)
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     failures = []
     if args.only in (None, "triton"):
-        failures += check_triton(args.verbose)
+        failures += check_triton(args.verbose, args.module)
     if args.only in (None, "cuda"):
         failures += check_cuda(args.verbose)
     if failures:
