@@ -55,7 +55,7 @@ def fit(video, *, preset: str | Preset = "cpu", iters: int | None = None,
         out_dir: str | os.PathLike | None = None, device: str | torch.device | None = None,
         seed: int = 0, resume: bool = False, progress: bool = True,
         tensorboard: str | os.PathLike | None = None, max_side: int | None = None,
-        motion: MotionData | None = None) -> Tracker:
+        motion: MotionData | None = None, tracks=None) -> Tracker:
     """Fit OmniMotion to a clip and return a tracker.
 
     Args:
@@ -75,6 +75,10 @@ def fit(video, *, preset: str | Preset = "cpu", iters: int | None = None,
         tensorboard: folder for TensorBoard logs (losses and learning rates).
         max_side: shrink frames so that their longer side is at most this.
         motion: precomputed motion for ``video`` (skips the optical-flow step).
+        tracks: external correspondences from another tracker: an ``.npz`` path or a dict with
+            ``tracks [N, T, 2]`` (x, y pixels) and ``visible [N, T]`` (or ``occluded``). They
+            become long-range pairs on top of the optical flow (where a track gives a
+            correspondence, it wins).
 
     Returns:
         a :class:`~omnifast.track.Tracker`; its ``frames`` attribute holds the input frames.
@@ -108,6 +112,10 @@ def fit(video, *, preset: str | Preset = "cpu", iters: int | None = None,
 
         cache = out / MOTION_CACHE if out is not None else None
         motion = compute_motion(frames, cache_dir=cache, progress=progress)
+    if tracks is not None:
+        from omnifast.data.tracks import merge_tracks  # noqa: PLC0415
+
+        motion = merge_tracks(motion, tracks)
     writer = tensorboard_writer(tensorboard)
     log = None
     if writer is not None:

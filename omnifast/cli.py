@@ -55,7 +55,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     tracker = fit(args.video, preset=preset, iters=args.iters, out_dir=out,
                   device=args.device, seed=args.seed, resume=args.resume,
                   progress=not args.quiet, tensorboard=args.tensorboard,
-                  max_side=args.max_side)
+                  max_side=args.max_side, tracks=args.tracks)
     paths = write_results(tracker, out, num_points=args.points)
     steps = tracker.info.get("steps")
     secs = tracker.info.get("fit_seconds")
@@ -165,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=int, default=None, dest="checkpoint_every",
                    help="steps between checkpoints (preset default)")
     p.add_argument("--points", type=int, default=256, help="grid points tracked for tracks.npz")
+    p.add_argument("--tracks", default=None, metavar="NPZ",
+                   help="external tracks (tracks [N, T, 2], visible [N, T]) used as extra "
+                   "long-range correspondences")
     p.add_argument("--tensorboard", default=None, metavar="DIR",
                    help="write TensorBoard logs to DIR")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

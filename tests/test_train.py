@@ -339,3 +339,27 @@ def test_fit_learns_the_motion():
     err = np.linalg.norm(tracks - truth, axis=-1)[:, 1:].mean()
     still = np.linalg.norm(q[:, None, [2, 1]] - truth, axis=-1)[:, 1:].mean()
     assert err < 0.5 * still, (err, still)
+
+
+def test_fit_takes_external_tracks(motion, monkeypatch):
+    """Tracks from another tracker are merged into the motion the trainer sees."""
+    import omnifast.api as api
+
+    seen = {}
+    real = api.Trainer
+
+    def spy(m, *args, **kwargs):
+        seen["motion"] = m
+        return real(m, *args, **kwargs)
+
+    monkeypatch.setattr(api, "Trainer", spy)
+    t = motion.num_frames
+    tracks = np.zeros((1, t, 2), np.float32)
+    tracks[0, :, 0] = 5 + np.arange(t)  # a point moving right by one pixel per frame
+    tracks[0, :, 1] = 7
+    api.fit(motion, iters=1, progress=False, tracks={"tracks": tracks,
+                                                     "visible": np.ones((1, t), bool)})
+    merged = seen["motion"]
+    assert "tracks" in merged.source
+    assert merged.cycle[0, t - 1, 7, 5]
+    assert np.allclose(merged.flows[0, t - 1, 7, 5], (t - 1, 0))
