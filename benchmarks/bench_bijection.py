@@ -33,6 +33,7 @@ import time
 
 import pytest
 import torch
+from memory import peak_extra_bytes
 from shapes import BIJECTION
 
 import omnifast
@@ -121,24 +122,7 @@ def _call(provider: str, x, frame_idx, codes, params, n_freq, inverse):
 
 
 def _peak_extra_bytes(fn) -> int:
-    if _DEVICE == "cuda":
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        fn()
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - base
-    from torch.profiler import ProfilerActivity, profile  # noqa: PLC0415
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = sorted((e.time_range.start, e.self_cpu_memory_usage) for e in prof.events()
-                    if e.self_cpu_memory_usage)
-    cur = peak = 0
-    for _, b in events:
-        cur += b
-        peak = max(peak, cur)
-    return peak
+    return peak_extra_bytes(fn, _DEVICE)
 
 
 def _saved_bytes(fn) -> int:

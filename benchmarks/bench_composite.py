@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from memory import peak_extra_bytes
 from shapes import COMPOSITE
 
 import omnifast
@@ -61,25 +62,7 @@ def _sync():
 
 
 def _peak_extra_bytes(fn) -> int:
-    """Peak bytes allocated during fn() beyond what was live before."""
-    if _DEVICE == "cuda":
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        fn()
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - base
-    from torch.profiler import ProfilerActivity, profile  # noqa: PLC0415
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = sorted((e.time_range.start, e.self_cpu_memory_usage) for e in prof.events()
-                    if e.self_cpu_memory_usage)
-    cur = peak = 0
-    for _, b in events:
-        cur += b
-        peak = max(peak, cur)
-    return peak
+    return peak_extra_bytes(fn, _DEVICE)
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)

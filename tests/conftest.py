@@ -43,6 +43,15 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, *, rtol: float, a
         )
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run a module's tests on one torch thread (tiny models: faster, and immune to load)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def close():
     return assert_close

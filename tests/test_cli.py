@@ -50,12 +50,8 @@ def assert_one_line_error(code: int, err: str, match: str) -> None:
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_thread():
+def _one_thread(one_thread):
     """These models are tiny: one thread is faster than two and immune to a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

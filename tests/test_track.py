@@ -18,12 +18,8 @@ T, H, W = 5, 12, 16
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_thread():
+def _one_thread(one_thread):
     """These models are tiny: one thread is faster than two and immune to a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
