@@ -21,11 +21,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-_DIS_PRESETS = {
-    "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
-    "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
-    "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
-}
+from omnifast.data.flow import DIS_PRESETS
 
 
 def _grey(video: np.ndarray) -> np.ndarray:
@@ -42,9 +38,9 @@ class _Flow:
     """A DIS flow estimator with a fixed configuration."""
 
     def __init__(self, preset: str = "medium", finest_scale: int | None = 0) -> None:
-        if preset not in _DIS_PRESETS:
-            raise ValueError(f"preset must be one of {list(_DIS_PRESETS)}, got {preset!r}")
-        self.dis = cv2.DISOpticalFlow_create(_DIS_PRESETS[preset])
+        if preset not in DIS_PRESETS:
+            raise ValueError(f"preset must be one of {list(DIS_PRESETS)}, got {preset!r}")
+        self.dis = cv2.DISOpticalFlow_create(DIS_PRESETS[preset])
         if finest_scale is not None:
             self.dis.setFinestScale(finest_scale)
 
