@@ -47,13 +47,6 @@ pybind11::dict build_info() {
 
 }  // namespace
 
-// Weak defaults let the module build before an op's sources exist; an op folder's strong
-// definition replaces them.
-namespace omnifast {
-__attribute__((weak)) void bind_composite(pybind11::module_&) {}
-__attribute__((weak)) void bind_bijection(pybind11::module_&) {}
-}  // namespace omnifast
-
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "omnifast fused kernels (C++/OpenMP for the CPU, CUDA when built with it)";
   m.def("has_cuda", &has_cuda, "Whether the CUDA kernels were compiled in.");

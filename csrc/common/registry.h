@@ -1,4 +1,4 @@
-// Each op folder defines one `omnifast_bind_<op>(m)` that adds its functions to omnifast._C.
+// Each op folder defines one `omnifast::bind_<op>(m)` that adds its functions to omnifast._C.
 // bindings.cpp calls them in turn; adding an op means adding its line there.
 #pragma once
 
