@@ -10,7 +10,7 @@ EXT_SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o
 	setup.py pyproject.toml omnifast/_build_config.py
 PYTEST_ARGS ?=
 
-.PHONY: install ext test demo bench clean lint check-sm90 help
+.PHONY: install ext test demo bench clean lint check-sm90 check-triton36 help
 
 help:
 	@echo "make install   create .venv, install pinned dependencies, build omnifast._C"
@@ -18,6 +18,7 @@ help:
 	@echo "make demo      install, then fit a generated clip and write the pictures"
 	@echo "make bench     install, then run the benchmark suites"
 	@echo "make check-sm90  compile the GPU kernels for sm_90 (no GPU needed) and report"
+	@echo "make check-triton36  the same Triton checks and interpreter tests with triton 3.6"
 	@echo "make lint      ruff"
 
 $(DEPS_STAMP): requirements.txt requirements-dev.txt
@@ -44,6 +45,10 @@ test: install check-sm90
 # Compile every Triton kernel (as launched) and every CUDA source for the H100, no GPU needed.
 check-sm90: install
 	$(PY) scripts/check_sm90.py
+
+# The GPU machines run triton 3.6: compile for sm_90 and run the interpreter tests with it.
+check-triton36: install
+	scripts/check_triton_version.sh 3.6.0
 
 # OMP_WAIT_POLICY=PASSIVE: idle OpenMP threads sleep instead of spinning, which keeps a fit
 # fast when other processes share the cores (spinning made it 3-5x slower on a busy 2-core box)

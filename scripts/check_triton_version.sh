@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Check the Triton kernels against another Triton release than the pinned one, without a GPU.
+#
+#   scripts/check_triton_version.sh [VERSION]      (default 3.6.0, what the GPU machines run)
+#
+# Installs that triton (no dependencies) into .triton-<VERSION>/ beside the venv, then, with it
+# first on the path: compiles every Triton kernel for sm_90 (scripts/check_sm90.py --only triton)
+# and runs the kernels' parity tests under the interpreter (TRITON_INTERPRET=1, CPU tensors).
+# Its own Triton cache keeps the two versions' compiled kernels apart.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VERSION=${1:-3.6.0}
+PY=${PYTHON:-.venv/bin/python}
+DIR=.triton-$VERSION
+if [ ! -d "$DIR/triton" ]; then
+  "$PY" -m pip install -q --no-deps --target "$DIR" "triton==$VERSION"
+fi
+export PYTHONPATH="$PWD/$DIR${PYTHONPATH:+:$PYTHONPATH}"
+export TRITON_CACHE_DIR="$PWD/$DIR/cache"
+"$PY" -c "import triton, sys; v = triton.__version__; print('triton', v); sys.exit(v != '$VERSION')"
+"$PY" scripts/check_sm90.py --only triton
+"$PY" -m pytest -q -p no:cacheprovider tests/test_composite.py tests/test_bijection.py -k triton
