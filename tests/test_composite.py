@@ -306,7 +306,8 @@ def test_cpu_plain_stores_match_streaming_stores():
         "    v = torch.randn(R, K, C, generator=g).requires_grad_(True)\n"
         "    with omnifast.backend('cpu'):\n"
         "        o, w = composite(s, v)\n"
-        "    ds, dv = torch.autograd.grad([o, w], [s, v], [torch.ones_like(o), torch.ones_like(w)])\n"
+        "    ones = [torch.ones_like(o), torch.ones_like(w)]\n"
+        "    ds, dv = torch.autograd.grad([o, w], [s, v], ones)\n"
         "    out += [o, w, ds, dv]\n"
         "torch.save(out, sys.argv[1])\n"
     )
