@@ -5,9 +5,19 @@ that can run here (C++ CPU; Triton and CUDA on a GPU). Modes: ``fwd`` (forward t
 autograd graph), ``bwd`` (backward alone; the forward runs in the untimed setup), ``fwdbwd``;
 the inference shape runs ``fwd`` only, under ``no_grad`` (fused providers skip the weights).
 
-Each record's ``extra_info`` holds rays/s and ``peak_extra_MB``: the peak of the memory
-allocated through ATen during one call, beyond the inputs (from the profiler's allocation
-events on the CPU, ``torch.cuda.max_memory_allocated`` on a GPU).
+Each record's ``extra_info`` holds rays/s and two memory figures of one call:
+
+* ``peak_extra_MB``: the peak of the memory allocated through ATen during the call, beyond
+  what was live before (the inputs); it includes the tensors the call returns (from the
+  profiler's allocation events on the CPU, ``torch.cuda.max_memory_allocated`` on a GPU);
+* ``workspace_MB``: that peak minus the bytes of the tensors the call returns (outputs and
+  weights in ``fwd``, the gradients in ``bwd`` and ``fwdbwd``): the temporary memory of the
+  call, including what an autograd graph keeps for the backward.
+
+The ``ref_compile`` provider compiles ``composite_ref`` once per shape and mode
+(``dynamic=False``), in the untimed setup; ``extra_info["compiles_in_timing"]`` counts the
+frames Dynamo compiled during the timed rounds and the memory measurement (0 when the timings
+are of compiled code only).
 
     flock /tmp/omnifast-bench.lock .venv/bin/python -m pytest benchmarks/bench_composite.py \
         --benchmark-only --benchmark-columns=min,median,mean,rounds -q
@@ -17,7 +27,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from memory import peak_extra_bytes
+import torch._dynamo
+from memory import peak_and_workspace_bytes
 from shapes import COMPOSITE
 
 import omnifast
@@ -38,20 +49,31 @@ PROVIDERS = ["ref_eager", "ref_compile"] + [p for p in ("cpu", "triton", "cuda")
 CASES = [(shape, mode) for shape in ("train_65k",) for mode in ("fwd", "bwd", "fwdbwd")]
 CASES += [("infer_1m", "fwd")]
 
+# One compiled callable per (shape, mode): each is compiled once in the untimed setup. Every
+# variant (shape, requires_grad, grad mode) is a separate cache entry of composite_ref's code
+# object, so the limit on entries is raised above the number of variants this suite creates.
+_dynamo_cfg = torch._dynamo.config
+for _limit in ("cache_size_limit", "recompile_limit"):
+    if hasattr(_dynamo_cfg, _limit):
+        setattr(_dynamo_cfg, _limit, max(getattr(_dynamo_cfg, _limit), 64))
 _compiled = {}
 
 
-def _ref_fn(provider: str):
+def _ref_fn(provider: str, key=None):
     if provider == "ref_eager":
         return composite_ref
-    if provider not in _compiled:
-        _compiled[provider] = torch.compile(composite_ref, dynamic=False)
-    return _compiled[provider]
+    if key not in _compiled:
+        _compiled[key] = torch.compile(composite_ref, dynamic=False)
+    return _compiled[key]
 
 
-def _call(provider: str, sigma, values, need_weights=True):
+def _dynamo_frames() -> int:
+    return int(torch._dynamo.utils.counters["frames"]["total"])
+
+
+def _call(provider: str, sigma, values, need_weights=True, key=None):
     if provider.startswith("ref_"):
-        return _ref_fn(provider)(sigma, values)
+        return _ref_fn(provider, key)(sigma, values)
     with omnifast.backend(provider):
         return composite(sigma, values, need_weights=need_weights)
 
@@ -61,8 +83,8 @@ def _sync():
         torch.cuda.synchronize()
 
 
-def _peak_extra_bytes(fn) -> int:
-    return peak_extra_bytes(fn, _DEVICE)
+def _memory(fn) -> tuple[int, int]:
+    return peak_and_workspace_bytes(fn, _DEVICE)
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
@@ -80,9 +102,10 @@ def test_composite(benchmark, provider, shape_name, mode):
 
     s_leaf = sigma.clone().requires_grad_(True)
     v_leaf = values.clone().requires_grad_(True)
+    key = (shape_name, mode)
 
     def fwd_graph():
-        return _call(provider, s_leaf, v_leaf)
+        return _call(provider, s_leaf, v_leaf, key=key)
 
     def backward(out, w):
         grads = torch.autograd.grad([out, w], [s_leaf, v_leaf], [dout, dweights])
@@ -92,7 +115,7 @@ def test_composite(benchmark, provider, shape_name, mode):
     # correctness once, outside the timed region (on a slice for the inference shape)
     n = 4096 if infer else R
     s_chk, v_chk = sigma[:n].clone().requires_grad_(True), values[:n].clone().requires_grad_(True)
-    out, w = _call(provider, s_chk, v_chk)
+    out, w = _call(provider, s_chk, v_chk, key=key + ("check",))
     out_r, w_r = composite_ref(sigma[:n], values[:n])
     torch.testing.assert_close(out, out_r, rtol=1e-4, atol=1e-5)
     if not infer:
@@ -107,12 +130,13 @@ def test_composite(benchmark, provider, shape_name, mode):
     if infer:
         def run():
             with torch.no_grad():
-                res = _call(provider, sigma, values, need_weights=False)
+                res = _call(provider, sigma, values, need_weights=False, key=key)
             _sync()
             return res
 
         run()  # warm-up (compiles the torch.compile provider)
-        peak = _peak_extra_bytes(run)
+        frames = _dynamo_frames()
+        peak, workspace = _memory(run)
         benchmark.pedantic(run, rounds=rounds, warmup_rounds=1)
     elif mode == "fwd":
         def run():
@@ -121,7 +145,8 @@ def test_composite(benchmark, provider, shape_name, mode):
             return res
 
         backward(*fwd_graph())  # warm-up (compiles forward and backward)
-        peak = _peak_extra_bytes(run)
+        frames = _dynamo_frames()
+        peak, workspace = _memory(run)
         benchmark.pedantic(run, rounds=rounds, warmup_rounds=1)
     elif mode == "bwd":
         def setup():
@@ -130,20 +155,24 @@ def test_composite(benchmark, provider, shape_name, mode):
             return (out, w), {}
 
         backward(*fwd_graph())
+        frames = _dynamo_frames()
         args, _ = setup()
-        peak = _peak_extra_bytes(lambda: backward(*args))
+        peak, workspace = _memory(lambda: backward(*args))
         del args
         benchmark.pedantic(backward, setup=setup, rounds=rounds, warmup_rounds=1)
     else:
         def run():
-            backward(*fwd_graph())
+            return backward(*fwd_graph())
 
         run()
-        peak = _peak_extra_bytes(run)
+        frames = _dynamo_frames()
+        peak, workspace = _memory(run)
         benchmark.pedantic(run, rounds=rounds, warmup_rounds=1)
 
     benchmark.extra_info.update({
         "shape": f"R={R} K={K} C={C}", "mode": mode, "provider": provider,
         "rays_per_s": R / benchmark.stats.stats.min if benchmark.stats else None,
         "peak_extra_MB": round(peak / 2**20, 1),
+        "workspace_MB": round(workspace / 2**20, 1),
+        "compiles_in_timing": _dynamo_frames() - frames,
     })

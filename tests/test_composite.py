@@ -230,6 +230,110 @@ def test_transmittance_rounding_vs_float64():
     assert rel_ref < (K + 16) * eps, f"reference fp32 weights: max rel error {rel_ref:.3g}"
 
 
+
+# --------------------------------------------------------------------------- CPU float32 tiles
+# The CPU float32 kernels run tiles of 8 rays (one per vector lane) for 1 <= C <= 8 channels and
+# K <= 128 samples; other shapes take the per-ray path. These shapes cover partial tiles (R not
+# a multiple of 8), several threads' chunks (R above the parallel grain of 64 tiles), K tails
+# (K not a multiple of 8), every channel count of the tile path and both sides of its limits.
+TILE_SHAPES = [
+    ((1037,), 13, 8),   # 129 full tiles + 5 rays, K tail of 5, all 8 channel lanes
+    ((8,), 8, 2),       # exactly one tile, one sample block
+    ((3,), 1, 6),       # one partial tile, K = 1
+    ((17,), 127, 7),    # K tail of 7 at the largest block count
+    ((9,), 129, 7),     # K above the tile limit: per-ray path
+    ((30,), 20, 9),     # C above the tile limit: per-ray path
+    ((600,), 32, 7),    # the training shape, several threads
+]
+
+
+@pytest.mark.skipif(not _has_cpu_kernels(), reason="omnifast._C not built")
+@pytest.mark.parametrize("shape", TILE_SHAPES, ids=_shape_id)
+@pytest.mark.parametrize("options", OPTIONS)
+def test_cpu_tiles(shape, options):
+    batch, K, C = shape
+    sigma, values, mask, dout, dweights = _inputs(batch, K, C, "cpu", torch.float32, seed=11)
+    kw = dict(options)
+    if kw.pop("value_mask", False):
+        kw["value_mask"] = mask
+    _compare("cpu", sigma, values, dout, dweights, "cpu tiles", TOL[torch.float32], **kw)
+    _compare("cpu", sigma, values, dout, None, "cpu tiles no-weights", TOL[torch.float32],
+             need_weights=False, **kw)
+
+
+@pytest.mark.skipif(not _has_cpu_kernels(), reason="omnifast._C not built")
+def test_cpu_tiles_nan_stays_in_its_lane():
+    """A NaN in one ray of a tile reaches that ray's outputs and gradients only, not the other
+    seven rays of its tile (they share vector registers)."""
+    sigma, values, _, dout, dweights = _inputs((16,), 11, 7, "cpu", torch.float32, seed=12)
+    sigma[3, 5] = float("nan")
+    values[12, 9, 6] = float("nan")
+    values[13, 10, 0] = float("inf")
+    _compare("cpu", sigma, values, dout, dweights, "cpu tiles nan", TOL[torch.float32])
+    with omnifast.backend("cpu"):
+        s = sigma.clone().requires_grad_(True)
+        v = values.clone().requires_grad_(True)
+        out, w = composite(s, v)
+        ds, dv = torch.autograd.grad([out, w], [s, v], [dout, dweights])
+    for r in range(16):
+        has_nan = bool(torch.isnan(out[r]).any() or torch.isnan(ds[r]).any()
+                       or torch.isnan(dv[r]).any())
+        if r in (3, 12):
+            assert has_nan, r
+        elif r != 13:  # the Inf row: its NaN pattern is compared with the reference's above
+            assert not has_nan and torch.isfinite(out[r]).all(), r
+
+
+@pytest.mark.skipif(not _has_cpu_kernels(), reason="omnifast._C not built")
+def test_cpu_plain_stores_match_streaming_stores():
+    """Outputs above 32 MiB are written with streaming stores by default; with
+    OMNIFAST_COMPOSITE_STREAM=0 every output is written with plain stores. Both give
+    bit-identical results. The switch is read once per process, so each runs in a subprocess.
+    Shapes: [40000, 32, 7] streams dvalues only (36 MB); [66000, 128, 1] streams the weights,
+    dsigma and dvalues (34 MB each); R is not a multiple of the tile or of the parallel grain."""
+    import os  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+    import tempfile  # noqa: PLC0415
+
+    script = (
+        "import sys, torch, omnifast\n"
+        "from omnifast.ops.composite import composite\n"
+        "out = []\n"
+        "for R, K, C in ((40001, 32, 7), (66003, 128, 1)):\n"
+        "    g = torch.Generator().manual_seed(R)\n"
+        "    s = (torch.rand(R, K, generator=g) * 2).requires_grad_(True)\n"
+        "    v = torch.randn(R, K, C, generator=g).requires_grad_(True)\n"
+        "    with omnifast.backend('cpu'):\n"
+        "        o, w = composite(s, v)\n"
+        "    ones = [torch.ones_like(o), torch.ones_like(w)]\n"
+        "    ds, dv = torch.autograd.grad([o, w], [s, v], ones)\n"
+        "    out += [o, w, ds, dv]\n"
+        "torch.save(out, sys.argv[1])\n"
+    )
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for flag in ("0", None):
+            path = os.path.join(tmp, f"r{flag}.pt")
+            env = {k: v for k, v in os.environ.items() if k != "OMNIFAST_COMPOSITE_STREAM"}
+            if flag is not None:
+                env["OMNIFAST_COMPOSITE_STREAM"] = flag
+            subprocess.run([sys.executable, "-c", script, path], check=True, env=env)
+            results.append(torch.load(path))
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+    # and they are right (the last ray of each shape ends exactly at the tensor's end)
+    o, w, ds, dv = results[1][:4]
+    g = torch.Generator().manual_seed(40001)
+    s = (torch.rand(40001, 32, generator=g) * 2).requires_grad_(True)
+    v = torch.randn(40001, 32, 7, generator=g).requires_grad_(True)
+    o_r, w_r = composite_ref(s, v)
+    ds_r, dv_r = torch.autograd.grad([o_r, w_r], [s, v], [torch.ones_like(o_r),
+                                                         torch.ones_like(w_r)])
+    for a, e, n in ((o, o_r, "out"), (w, w_r, "weights"), (ds, ds_r, "dsigma"),
+                    (dv, dv_r, "dvalues")):
+        assert_close(a, e, name=n, **TOL[torch.float32])
+
 # --------------------------------------------------------------------------- inference helpers
 @pytest.mark.parametrize("backend,device,dtype", CASES)
 def test_argmax(backend, device, dtype):

@@ -3,7 +3,10 @@
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <type_traits>
 #include <vector>
 
@@ -87,12 +90,356 @@ void dispatch_channels(int64_t C, Fn&& fn) {
   }
 }
 
+
+// --------------------------------------------------------------------------- float32 ray tiles
+// The float32 kernels for 1 <= C <= 8 channels and K <= kTileMaxK samples work on tiles of 8
+// consecutive rays with one ray per AVX2 lane for everything that runs along the samples (exp,
+// the transmittance product, the reverse recurrence of the backward), so the serial chains of
+// 8 rays advance together and the per-lane arithmetic is exactly the scalar code's, in the
+// same order. sigma (and dweights) are read as 8x8 blocks and transposed in registers; the
+// per-sample channel work (value sums, value gradients) runs per ray on 8-lane vectors of
+// channels. A tile's outputs are contiguous in memory (rays are consecutive): with streaming
+// stores (`stream_output`) they are built in a small per-thread staging buffer and then written
+// out once, in one sequential sweep of non-temporal stores; with plain stores they are written
+// in place. Either way every output byte is written exactly once, and nothing is zero-filled.
+constexpr int kLanes = 8;
+constexpr int64_t kTileMaxK = 128;
+constexpr int64_t kGrainTiles = 64;
+
+inline void transpose8(__m256 r[8]) {
+  const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+  const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+  const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+  const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+  const __m256 u0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 u1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
+  const __m256 u2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 u3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
+  const __m256 u4 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 u5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2));
+  const __m256 u6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 u7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
+  r[0] = _mm256_permute2f128_ps(u0, u4, 0x20);
+  r[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
+  r[2] = _mm256_permute2f128_ps(u2, u6, 0x20);
+  r[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
+  r[4] = _mm256_permute2f128_ps(u0, u4, 0x31);
+  r[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
+  r[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
+  r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
+}
+
+// Lanes [0, n) set.
+inline __m256i lane_mask(int64_t n) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)),
+                            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+// [sum(p[0]), ..., sum(p[7])]
+inline __m256 hsum8(const __m256 p[8]) {
+  const __m256 t0 = _mm256_hadd_ps(p[0], p[1]), t1 = _mm256_hadd_ps(p[2], p[3]);
+  const __m256 t2 = _mm256_hadd_ps(p[4], p[5]), t3 = _mm256_hadd_ps(p[6], p[7]);
+  const __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
+  return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+}
+
+// dst[k * 8 + lane] = rows[lane][k] for k < K (the rows are K floats apart; lanes >= nr read a
+// zero row). Entries for K <= k < round_up(K, 8) are zero.
+inline void load_lanes(const float* rows, int64_t nr, int64_t K, const float* zeros, float* dst) {
+  const float* p[kLanes];
+  for (int i = 0; i < kLanes; ++i) p[i] = i < nr ? rows + i * K : zeros;
+  for (int64_t kb = 0; kb < K; kb += kLanes) {
+    __m256 r[kLanes];
+    if (kb + kLanes <= K) {
+      for (int i = 0; i < kLanes; ++i) r[i] = _mm256_loadu_ps(p[i] + kb);
+    } else {
+      const __m256i mk = lane_mask(K - kb);
+      for (int i = 0; i < kLanes; ++i) r[i] = _mm256_maskload_ps(p[i] + kb, mk);
+    }
+    transpose8(r);
+    for (int j = 0; j < kLanes; ++j) _mm256_storeu_ps(dst + (kb + j) * kLanes, r[j]);
+  }
+}
+
+// rows[lane * K + k] = src[k * 8 + lane] for lane < nr, k < K (a contiguous [nr, K] block).
+inline void store_lanes(const float* src, int64_t nr, int64_t K, float* rows) {
+  for (int64_t kb = 0; kb < K; kb += kLanes) {
+    __m256 r[kLanes];
+    for (int j = 0; j < kLanes; ++j) r[j] = _mm256_loadu_ps(src + (kb + j) * kLanes);
+    transpose8(r);
+    const int64_t n = std::min<int64_t>(kLanes, K - kb);
+    for (int i = 0; i < nr; ++i) {
+      if (n == kLanes) {
+        _mm256_storeu_ps(rows + i * K + kb, r[i]);
+      } else {
+        alignas(32) float tmp[kLanes];
+        _mm256_store_ps(tmp, r[i]);
+        for (int64_t j = 0; j < n; ++j) rows[i * K + kb + j] = tmp[j];
+      }
+    }
+  }
+}
+
+// dst[0, n) = src[0, n): streaming stores for the 32-byte aligned body when `stream`.
+inline void write_out(float* dst, const float* src, int64_t n, bool stream) {
+  if (!stream) {
+    std::memcpy(dst, src, static_cast<size_t>(n) * sizeof(float));
+    return;
+  }
+  int64_t i = 0;
+  for (; i < n && (reinterpret_cast<uintptr_t>(dst + i) & 31) != 0; ++i) dst[i] = src[i];
+  for (; i + kLanes <= n; i += kLanes) _mm256_stream_ps(dst + i, _mm256_loadu_ps(src + i));
+  for (; i < n; ++i) dst[i] = src[i];
+}
+
+// Whether an output of `bytes` is written with streaming stores. Only outputs larger than the
+// last-level cache (32 MiB here) are: nothing of them would still be cached for their consumer
+// anyway, and streaming stores skip the read-for-ownership of every line. Smaller outputs
+// (weights, dsigma: 8 MB at the training shape) are written with plain stores, which measured
+// faster for them (benchmarks/RESULTS.md). OMNIFAST_COMPOSITE_STREAM=0 turns streaming off.
+constexpr int64_t kStreamMinBytes = int64_t(32) << 20;
+bool stream_output(int64_t bytes) {
+  static const bool on = [] {
+    const char* env = std::getenv("OMNIFAST_COMPOSITE_STREAM");
+    return env == nullptr || std::strcmp(env, "0") != 0;
+  }();
+  return on && bytes > kStreamMinBytes;
+}
+
+bool use_tiles(const at::Tensor& sigma, int64_t K, int64_t C) {
+  return sigma.scalar_type() == at::kFloat && K >= 1 && K <= kTileMaxK && C >= 1 && C <= kLanes;
+}
+
+// Per-thread scratch of the tile kernels (every access is an unaligned load or store).
+struct TileScratch {
+  std::vector<float> buf;
+  float* ptr(int64_t offset) { return buf.data() + offset; }
+  explicit TileScratch(int64_t floats) : buf(static_cast<size_t>(floats)) {}
+};
+
+struct TileParams {
+  const float* s;     // sigma [R, K]
+  const float* v;     // values [R, K, C]
+  const float* m;     // value_mask [R, K] or nullptr
+  int64_t R, K, C, mask_from, num_near;
+};
+
+// Channel lane masks: all channels, the ones the value mask applies to, the others.
+struct ChannelMasks {
+  __m256i all, masked, plain;
+  __m256 all_ps;
+  ChannelMasks(int64_t C, int64_t mask_from) {
+    all = lane_mask(C);
+    all_ps = _mm256_castsi256_ps(all);
+    plain = lane_mask(std::min(C, mask_from));
+    masked = _mm256_andnot_si256(plain, all);
+  }
+  // The C channels of one sample, the other lanes 0. A plain load (8 lanes, masked after the
+  // load) reads up to 8 - C floats past the sample; `last` (a sample within 8 floats of the
+  // tile's end, which may be the tensor's end) uses a masked load instead. Masked loads are kept off the hot path:
+  // on this CPU a stream of them from memory ran at a fraction of the plain loads' bandwidth.
+  __m256 load(const float* p, bool last) const {
+    return last ? _mm256_maskload_ps(p, all) : _mm256_and_ps(_mm256_loadu_ps(p), all_ps);
+  }
+  // 1 in the channels the mask does not apply to, m in the others.
+  __m256 factor(float m) const {
+    return _mm256_blendv_ps(_mm256_set1_ps(1.f), _mm256_set1_ps(m), _mm256_castsi256_ps(masked));
+  }
+};
+
+// Forward of the tile of rays [r0, r0 + nr).
+void fwd_tile(const TileParams& p, int64_t r0, int64_t nr, const ChannelMasks& cm,
+              const float* zeros, float* W, float* stage, float* out, float* weights,
+              bool stream) {
+  const int64_t K = p.K, C = p.C;
+  float* E = stage;  // exp(-sigma) in lanes, then the weights' rows
+  load_lanes(p.s + r0 * K, nr, K, zeros, E);
+  const __m256 one = _mm256_set1_ps(1.f), eps = _mm256_set1_ps(transmittance_eps<float>());
+  __m256 T = one;
+  for (int64_t kb = 0; kb < K; kb += kLanes) {
+    for (int64_t k = kb; k < std::min(K, kb + kLanes); ++k) {
+      const __m256 e = exp_neg_avx2(_mm256_loadu_ps(E + k * kLanes));
+      const __m256 a = _mm256_mul_ps(_mm256_sub_ps(one, e), k < p.num_near ? _mm256_setzero_ps() : one);
+      _mm256_storeu_ps(W + k * kLanes, _mm256_mul_ps(a, T));
+      T = _mm256_mul_ps(T, _mm256_add_ps(_mm256_sub_ps(one, a), eps));
+    }
+  }
+  for (int64_t i = 0; i < nr; ++i) {
+    const float* vr = p.v + (r0 + i) * K * C;
+    const float* mr = p.m != nullptr ? p.m + (r0 + i) * K : nullptr;
+    // Four partial sums (samples k mod 4) so that consecutive FMAs do not wait on each other.
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                     _mm256_setzero_ps()};
+    const int64_t lim = (nr - i) * K * C - kLanes;  // samples with k * C > lim end the tile
+    auto step = [&](int64_t k, int u) {
+      __m256 w = _mm256_broadcast_ss(W + k * kLanes + i);
+      if (mr != nullptr) w = _mm256_mul_ps(w, cm.factor(mr[k]));
+      acc[u] = _mm256_fmadd_ps(w, cm.load(vr + k * C, k * C > lim), acc[u]);
+    };
+    int64_t k = 0;
+    for (; k + 4 <= K; k += 4) {
+      step(k, 0);
+      step(k + 1, 1);
+      step(k + 2, 2);
+      step(k + 3, 3);
+    }
+    for (; k < K; ++k) step(k, 0);
+    alignas(32) float tmp[kLanes];
+    _mm256_store_ps(tmp, _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+    for (int64_t c = 0; c < C; ++c) out[(r0 + i) * C + c] = tmp[c];
+  }
+  if (weights != nullptr) {
+    if (stream) {
+      store_lanes(W, nr, K, stage);
+      write_out(weights + r0 * K, stage, nr * K, stream);
+    } else {
+      store_lanes(W, nr, K, weights + r0 * K);
+    }
+  }
+}
+
+// Backward of the tile of rays [r0, r0 + nr): one pass over the tile's inputs. The forward
+// recurrence runs in lanes (T, alpha, exp(-sigma) kept per sample in the scratch), then each
+// ray's samples are read once for both the value gradients and dL/dw, and the reverse
+// recurrence runs in lanes again.
+void bwd_tile(const TileParams& p, int64_t r0, int64_t nr, const ChannelMasks& cm,
+              const float* zeros, const float* go, const float* gw, float* scratch, float* ds,
+              float* dv, bool stream_ds, bool stream) {
+  const int64_t K = p.K, C = p.C;
+  const int64_t Kp = (K + kLanes - 1) / kLanes * kLanes;
+  float* E = scratch;              // [Kp][8] exp(-sigma)
+  float* A = E + Kp * kLanes;      // [Kp][8] alpha
+  float* Tr = A + Kp * kLanes;     // [Kp][8] transmittance
+  float* W = Tr + Kp * kLanes;     // [Kp][8] weights
+  float* G = W + Kp * kLanes;      // [Kp][8] dL/dw, then dsigma
+  float* Grow = G + Kp * kLanes;   // [8][Kp] dL/dw per ray (row-major)
+  float* dvs = Grow + Kp * kLanes; // [nr * K * C + 8] value gradients of the tile
+  const __m256 one = _mm256_set1_ps(1.f), eps = _mm256_set1_ps(transmittance_eps<float>());
+  const __m256 zero = _mm256_setzero_ps();
+
+  load_lanes(p.s + r0 * K, nr, K, zeros, E);
+  __m256 T = one;
+  for (int64_t k = 0; k < K; ++k) {
+    const __m256 e = exp_neg_avx2(_mm256_loadu_ps(E + k * kLanes));
+    const __m256 a = _mm256_mul_ps(_mm256_sub_ps(one, e), k < p.num_near ? zero : one);
+    _mm256_storeu_ps(E + k * kLanes, e);
+    _mm256_storeu_ps(A + k * kLanes, a);
+    _mm256_storeu_ps(Tr + k * kLanes, T);
+    _mm256_storeu_ps(W + k * kLanes, _mm256_mul_ps(a, T));
+    T = _mm256_mul_ps(T, _mm256_add_ps(_mm256_sub_ps(one, a), eps));
+  }
+
+  // Per ray: dvalues and dL/dw_k = sum_c go_c m_kc v_kc. The value gradients go to the staging
+  // buffer (streaming) or straight to dvalues, in order, so each 8-lane store's spill past the C
+  // channels of sample k is overwritten by the samples after it; only the samples at the tile's
+  // end are written without a spill (it would land in another tile's rays or past the tensor).
+  float* dvt = stream ? dvs : (dv != nullptr ? dv + r0 * K * C : nullptr);
+  for (int64_t i = 0; i < nr; ++i) {
+    const float* vr = p.v + (r0 + i) * K * C;
+    const float* mr = p.m != nullptr ? p.m + (r0 + i) * K : nullptr;
+    const __m256 g0 = _mm256_maskload_ps(go + (r0 + i) * C, cm.all);
+    float* dvr = dvt + i * K * C;
+    // Samples with k * C > lim are within 8 floats of the tile's end: masked loads, and (plain
+    // stores straight into dvalues) stores that do not spill past the tile.
+    const int64_t lim = (nr - i) * K * C - kLanes;
+    for (int64_t kb = 0; kb < K; kb += kLanes) {
+      __m256 prod[kLanes];
+      const int64_t n = std::min<int64_t>(kLanes, K - kb);
+      auto sample = [&](int64_t j) {
+        const int64_t k = kb + j;
+        const __m256 f = mr != nullptr ? cm.factor(mr[k]) : one;
+        const __m256 g = mr != nullptr ? _mm256_mul_ps(f, g0) : g0;
+        const bool tail = k * C > lim;
+        prod[j] = _mm256_mul_ps(cm.load(vr + k * C, tail), g);
+        if (dv != nullptr) {
+          __m256 w = _mm256_broadcast_ss(W + k * kLanes + i);
+          if (mr != nullptr) w = _mm256_mul_ps(w, f);
+          const __m256 d = _mm256_mul_ps(w, g0);
+          if (stream || !tail) {
+            _mm256_storeu_ps(dvr + k * C, d);
+          } else {
+            alignas(32) float tmp[kLanes];
+            _mm256_store_ps(tmp, d);
+            for (int64_t c = 0; c < C; ++c) dvr[k * C + c] = tmp[c];
+          }
+        }
+      };
+      if (n == kLanes) {
+        sample(0); sample(1); sample(2); sample(3); sample(4); sample(5); sample(6); sample(7);
+      } else {
+        for (int64_t j = 0; j < n; ++j) sample(j);
+        for (int64_t j = n; j < kLanes; ++j) prod[j] = zero;
+      }
+      _mm256_storeu_ps(Grow + i * Kp + kb, hsum8(prod));
+    }
+  }
+  if (dv != nullptr && stream) write_out(dv + r0 * K * C, dvs, nr * K * C, stream);
+  if (ds == nullptr) return;
+
+  // dL/dw in lanes, plus the weights' upstream gradient.
+  for (int64_t kb = 0; kb < K; kb += kLanes) {
+    __m256 r[kLanes];
+    for (int i = 0; i < kLanes; ++i) r[i] = i < nr ? _mm256_loadu_ps(Grow + i * Kp + kb) : zero;
+    transpose8(r);
+    for (int j = 0; j < kLanes; ++j) _mm256_storeu_ps(G + (kb + j) * kLanes, r[j]);
+  }
+  if (gw != nullptr) {
+    load_lanes(gw + r0 * K, nr, K, zeros, Grow);
+    for (int64_t k = 0; k < K; ++k) {
+      _mm256_storeu_ps(G + k * kLanes, _mm256_add_ps(_mm256_loadu_ps(G + k * kLanes),
+                                                     _mm256_loadu_ps(Grow + k * kLanes)));
+    }
+  }
+  __m256 U = zero;
+  for (int64_t k = K - 1; k >= 0; --k) {
+    const __m256 keep = k < p.num_near ? zero : one;
+    const __m256 a = _mm256_loadu_ps(A + k * kLanes);
+    const __m256 g = _mm256_loadu_ps(G + k * kLanes);
+    const __m256 dalpha = _mm256_mul_ps(_mm256_loadu_ps(Tr + k * kLanes), _mm256_sub_ps(g, U));
+    _mm256_storeu_ps(G + k * kLanes,
+                     _mm256_mul_ps(_mm256_mul_ps(dalpha, _mm256_loadu_ps(E + k * kLanes)), keep));
+    U = _mm256_add_ps(_mm256_mul_ps(g, a), _mm256_mul_ps(_mm256_add_ps(_mm256_sub_ps(one, a), eps), U));
+  }
+  if (stream_ds) {
+    store_lanes(G, nr, K, Grow);
+    write_out(ds + r0 * K, Grow, nr * K, true);
+  } else {
+    store_lanes(G, nr, K, ds + r0 * K);
+  }
+}
+
+int64_t bwd_scratch_floats(int64_t K, int64_t C) {
+  const int64_t Kp = (K + kLanes - 1) / kLanes * kLanes;
+  return 6 * Kp * kLanes + kLanes * K * C + kLanes;
+}
+
 }  // namespace
 
 void composite_fwd_cpu(const at::Tensor& sigma, const at::Tensor& values,
                        const at::Tensor* value_mask, int64_t value_mask_from,
                        int64_t num_masked_near, at::Tensor& out, at::Tensor* weights) {
   const int64_t R = sigma.size(0), K = sigma.size(1), C = values.size(2);
+  if (use_tiles(sigma, K, C)) {
+    const TileParams p{sigma.data_ptr<float>(), values.data_ptr<float>(),
+                       cptr<float>(value_mask), R, K, C, value_mask_from, num_masked_near};
+    float* o = out.data_ptr<float>();
+    float* w = mptr<float>(weights);
+    const bool stream = stream_output(R * K * int64_t(sizeof(float)));
+    const int64_t Kp = (K + kLanes - 1) / kLanes * kLanes;
+    at::parallel_for(0, (R + kLanes - 1) / kLanes, kGrainTiles, [&](int64_t t0, int64_t t1) {
+      const ChannelMasks cm(C, value_mask_from);
+      TileScratch scratch(3 * Kp * kLanes);
+      float* zeros = scratch.ptr(0);
+      std::fill(zeros, zeros + Kp, 0.f);
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t r0 = t * kLanes;
+        fwd_tile(p, r0, std::min<int64_t>(kLanes, R - r0), cm, zeros, scratch.ptr(Kp * kLanes),
+                 scratch.ptr(2 * Kp * kLanes), o, w, stream);
+      }
+      if (stream) _mm_sfence();
+    });
+    return;
+  }
   AT_DISPATCH_FLOATING_TYPES(sigma.scalar_type(), "composite_fwd_cpu", [&] {
     using acc_t = scalar_t;
     const scalar_t* s = sigma.data_ptr<scalar_t>();
@@ -123,6 +470,30 @@ void composite_bwd_cpu(const at::Tensor& sigma, const at::Tensor& values,
                        const at::Tensor* dweights, int64_t value_mask_from,
                        int64_t num_masked_near, at::Tensor* dsigma, at::Tensor* dvalues) {
   const int64_t R = sigma.size(0), K = sigma.size(1), C = values.size(2);
+  if (use_tiles(sigma, K, C)) {
+    const TileParams p{sigma.data_ptr<float>(), values.data_ptr<float>(),
+                       cptr<float>(value_mask), R, K, C, value_mask_from, num_masked_near};
+    const float* go = dout.data_ptr<float>();
+    const float* gw = cptr<float>(dweights);
+    float* ds = mptr<float>(dsigma);
+    float* dv = mptr<float>(dvalues);
+    const bool stream_ds = stream_output(R * K * int64_t(sizeof(float)));
+    const bool stream = stream_output(R * K * C * int64_t(sizeof(float)));
+    const int64_t Kp = (K + kLanes - 1) / kLanes * kLanes;
+    at::parallel_for(0, (R + kLanes - 1) / kLanes, kGrainTiles, [&](int64_t t0, int64_t t1) {
+      const ChannelMasks cm(C, value_mask_from);
+      TileScratch scratch(Kp + bwd_scratch_floats(K, C));
+      float* zeros = scratch.ptr(0);
+      std::fill(zeros, zeros + Kp, 0.f);
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t r0 = t * kLanes;
+        bwd_tile(p, r0, std::min<int64_t>(kLanes, R - r0), cm, zeros, go, gw, scratch.ptr(Kp),
+                 ds, dv, stream_ds, stream);
+      }
+      if (stream || stream_ds) _mm_sfence();
+    });
+    return;
+  }
   AT_DISPATCH_FLOATING_TYPES(sigma.scalar_type(), "composite_bwd_cpu", [&] {
     using acc_t = scalar_t;
     const scalar_t* s = sigma.data_ptr<scalar_t>();
