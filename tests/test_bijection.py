@@ -315,3 +315,13 @@ def test_cpu_saved_hidden_memory(monkeypatch, keep):
         run("cpu", x, frame_idx, codes, params, inverse=False)
     # layer inputs (6 x 3 fp32), the int64 frame index, keep x 64 fp32 activations per layer
     assert sum(saved) == M * 4 * (6 * 3 + 2 + 6 * keep * 64), sum(saved) / M
+
+
+def test_cpu_save_hidden_env_parsing():
+    base = dict(ops_bijection.CPU_SAVE_HIDDEN)
+    assert ops_bijection._save_hidden_from_env("0") == {"fp32": 0, "bf16": 0}
+    assert ops_bijection._save_hidden_from_env("fp32=2, bf16=3") == {"fp32": 2, "bf16": 3}
+    assert ops_bijection._save_hidden_from_env("bf16=1") == {**base, "bf16": 1}
+    for bad in ("fp16=1", "fp32=x", "-1"):
+        with pytest.raises(ValueError, match="OMNIFAST_CPU_SAVE_HIDDEN"):
+            ops_bijection._save_hidden_from_env(bad)

@@ -22,6 +22,8 @@ difference of a few thousand MACs per frame.
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from omnifast._ext import load_extension
@@ -42,8 +44,25 @@ CPU_TILE = 512
 #: fp32 (bf16 in the bf16 mode): 6 KiB (3 KiB) per point and direction at the omnimotion widths.
 #: K = 0 recomputes everything from the ``[L, M, 3]`` coordinates (the least memory, the Triton
 #: design). The defaults are measured (benchmarks/RESULTS.md, "coupling_stack"): they are the
-#: largest that keep the whole training step under half the reference's peak memory.
+#: largest that keep the whole training step under half the reference's peak memory. The
+#: environment variable ``OMNIFAST_CPU_SAVE_HIDDEN`` (``K`` or ``fp32=K,bf16=K``) overrides them.
 CPU_SAVE_HIDDEN = {"fp32": 1, "bf16": 2}
+
+
+def _save_hidden_from_env(text: str) -> dict[str, int]:
+    """``OMNIFAST_CPU_SAVE_HIDDEN``: one number for both precisions, or ``fp32=K,bf16=K``."""
+    out = dict(CPU_SAVE_HIDDEN)
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, _, val = part.rpartition("=")
+        keys = [key] if key else list(out)
+        if any(k not in out for k in keys) or not val.isdigit():
+            raise ValueError(f"OMNIFAST_CPU_SAVE_HIDDEN: expected K or fp32=K,bf16=K, got {text!r}")
+        out.update(dict.fromkeys(keys, int(val)))
+    return out
+
+
+if os.environ.get("OMNIFAST_CPU_SAVE_HIDDEN"):
+    CPU_SAVE_HIDDEN = _save_hidden_from_env(os.environ["OMNIFAST_CPU_SAVE_HIDDEN"])
 
 
 def frame_bias(codes: torch.Tensor, params: CouplingParams) -> torch.Tensor:
