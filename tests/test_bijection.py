@@ -14,8 +14,8 @@ from conftest import assert_close
 
 import omnifast
 from omnifast import ops
-from omnifast.ops import bijection as ops_bijection
 from omnifast.dispatch import available_backends, resolve
+from omnifast.ops import bijection as ops_bijection
 from omnifast.reference.bijection import CouplingParams, coupling_stack_ref
 
 COORDS = (1, 0, 2, 1, 0, 2)

@@ -13,9 +13,10 @@ weights), and the kernels only see the non-code columns ``w_in[:, :, C:]``. The 
 concatenation and the per-point code copies of the reference never exist. For backward the
 kernels keep each layer's input coordinates ``[L, M, 3]`` and recompute the hidden activations
 from them; the CPU kernels can also keep the top hidden activations of every layer
-(:data:`CPU_SAVE_HIDDEN`), which removes that many ``H x H`` products from the recompute. The frame bias is computed in fp32 even in the bf16 mode (the reference rounds
-the code term's operands to bf16 like every other product): a deliberate, more precise
-difference of a few thousand MACs per frame.
+(:data:`CPU_SAVE_HIDDEN`), which removes that many ``H x H`` products from the recompute.
+The frame bias is computed in fp32 even in the bf16 mode (the reference rounds the code term's
+operands to bf16 like every other product): a deliberate, more precise difference of a few
+thousand MACs per frame.
 
 ``affine`` (the pre-layer) has only the reference implementation so far.
 """
