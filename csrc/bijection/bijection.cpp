@@ -85,12 +85,13 @@ std::vector<at::Tensor> fwd(const at::Tensor& x, const at::Tensor& frame_idx,
 }
 
 std::vector<at::Tensor> bwd(const at::Tensor& dy, const at::Tensor& saved,
-                            const at::Tensor& acts, const at::Tensor& frame_idx, const at::Tensor& frame_bias,
-                            const at::Tensor& proj_w, const at::Tensor& proj_b,
-                            const at::Tensor& w_in_h, const at::Tensor& w_hid,
-                            const at::Tensor& b_hid, const at::Tensor& w_out,
-                            const at::Tensor& b_out, std::vector<int64_t> coords, int64_t n_freq,
-                            bool inverse, bool bf16, int64_t tile) {
+                            const at::Tensor& acts, const at::Tensor& frame_idx,
+                            const at::Tensor& frame_bias, const at::Tensor& proj_w,
+                            const at::Tensor& proj_b, const at::Tensor& w_in_h,
+                            const at::Tensor& w_hid, const at::Tensor& b_hid,
+                            const at::Tensor& w_out, const at::Tensor& b_out,
+                            std::vector<int64_t> coords, int64_t n_freq, bool inverse, bool bf16,
+                            int64_t tile) {
   auto w = pack(frame_bias, proj_w, proj_b, w_in_h, w_hid, b_hid, w_out, b_out);
   check_points(dy, "dy", frame_idx, frame_bias.dim() > 0 ? frame_bias.size(0) : 0);
   check_weights(w, dy, coords, n_freq);
@@ -134,8 +135,8 @@ void bind_bijection(pybind11::module_& m) {
         "Backward of the fused coupling stack from the saved per-layer input coordinates (and "
         "top hidden activations, if any): "
         "[dx, dframe_bias, dproj_w, dproj_b, dw_in_h, dw_hid, db_hid, dw_out, db_out]",
-        "dy"_a, "saved"_a, "acts"_a, "frame_idx"_a, "frame_bias"_a, "proj_w"_a, "proj_b"_a, "w_in_h"_a,
-        "w_hid"_a, "b_hid"_a, "w_out"_a, "b_out"_a, "coords"_a, "n_freq"_a, "inverse"_a,
+        "dy"_a, "saved"_a, "acts"_a, "frame_idx"_a, "frame_bias"_a, "proj_w"_a, "proj_b"_a,
+        "w_in_h"_a, "w_hid"_a, "b_hid"_a, "w_out"_a, "b_out"_a, "coords"_a, "n_freq"_a, "inverse"_a,
         "bf16"_a, "tile"_a);
 }
 
