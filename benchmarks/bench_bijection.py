@@ -12,8 +12,9 @@ hidden 256 x 3). Each record's ``extra_info`` has:
 
 * ``gflops_real``: matrix-product FLOPs the provider actually executes per second (reference:
   1,406,976 MAC/point/direction; fused: 1,210,368 with the code term hoisted; the fused
-  backward recomputes the forward, so fwdinv_bwd counts 4 passes for fused and 3 for the
-  reference);
+  backward recomputes the forward except for the ``save_hidden`` top activations per layer the
+  CPU kernels keep (``omnifast.ops.bijection.CPU_SAVE_HIDDEN``, each one 65,536 MAC/point/layer
+  less), so fwdinv_bwd counts 3 passes plus that recompute for fused and 3 for the reference);
 * ``gflops_ref_equiv``: the reference's FLOP count divided by this provider's time (the same
   work for every provider, so these are directly comparable);
 * ``machine_matmul_gflops``: the fp32 / bf16 rate of a 65536x256 @ 256x256 product measured in
@@ -114,6 +115,21 @@ def mac_per_point(d: dict, hoisted: bool) -> int:
     return d["L"] * (d["E"] * d["P"] + first + d["NH"] * d["H"] ** 2 + 2 * d["H"])
 
 
+def _save_hidden(provider: str, d: dict) -> int:
+    """Hidden activations per layer the CPU kernels keep for backward (0 for the others)."""
+    if not provider.startswith("cpu"):
+        return 0
+    from omnifast.ops.bijection import CPU_SAVE_HIDDEN  # noqa: PLC0415
+
+    return max(0, min(CPU_SAVE_HIDDEN[provider.split("_")[1]], d["NH"] + 1))
+
+
+def recompute_fraction(provider: str, d: dict) -> float:
+    """Share of a forward pass that the fused backward recomputes."""
+    saved_mac = _save_hidden(provider, d) * d["L"] * d["H"] ** 2
+    return 1.0 - saved_mac / mac_per_point(d, True)
+
+
 def _call(provider: str, x, frame_idx, codes, params, n_freq, inverse):
     backend, prec = provider.split("_")
     backend = "torch" if backend == "ref" else backend
@@ -172,7 +188,7 @@ def test_coupling_stack(benchmark, provider, shape_name, mode):
             grads = torch.autograd.grad(fwdinv(), leaves, dy)
             _sync()
             return grads
-        passes = 2 * (4 if not provider.startswith("ref") else 3)
+        passes = 2 * (3 + (0 if provider.startswith("ref") else recompute_fraction(provider, d)))
         saved = _saved_bytes(fwdinv)
 
     run()  # warm-up
@@ -192,4 +208,5 @@ def test_coupling_stack(benchmark, provider, shape_name, mode):
         "machine_matmul_gflops": round(machine_matmul_gflops(dtype), 1),
         "peak_extra_MB": round(peak / 2**20, 1),
         "saved_MB": round(saved / 2**20, 1),
+        "save_hidden": _save_hidden(provider, d),
     })

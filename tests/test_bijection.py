@@ -15,6 +15,7 @@ from conftest import assert_close
 import omnifast
 from omnifast import ops
 from omnifast.dispatch import available_backends, resolve
+from omnifast.ops import bijection as ops_bijection
 from omnifast.reference.bijection import CouplingParams, coupling_stack_ref
 
 COORDS = (1, 0, 2, 1, 0, 2)
@@ -163,10 +164,12 @@ def test_bf16_error_at_most_twice_torch_bf16(backend, inverse):
         assert ours <= 2 * theirs + 1e-6, f"d{name}: bf16 error {ours:.3g} vs torch {theirs:.3g}"
 
 
-def test_backward_saves_only_coordinates():
-    """Autograd keeps the [L, M, 3] layer inputs, not [M, 256]-wide activations."""
+def test_backward_saves_only_coordinates(monkeypatch):
+    """In the recompute mode autograd keeps the [L, M, 3] layer inputs, not [M, 256]-wide
+    activations."""
     if _unavailable("cpu"):
         pytest.skip(_unavailable("cpu"))
+    monkeypatch.setattr(ops_bijection, "CPU_SAVE_HIDDEN", {"fp32": 0, "bf16": 0})
     params = make_params(H=64, P=64)
     M = 2000
     x, frame_idx, codes = make_inputs(M, 3, params)
@@ -220,3 +223,105 @@ def test_model_bijection_uses_fused_path():
     assert_close(out, ref, rtol=1e-5, atol=1e-5, name="InvertibleMap")
     assert_close(net.layers1[2].map_st[0].mlp[0].weight.grad, g_ref, rtol=1e-4, atol=1e-5,
                  name="InvertibleMap dW_in")
+
+
+def _save_hidden(monkeypatch, k):
+    monkeypatch.setattr(ops_bijection, "CPU_SAVE_HIDDEN", {"fp32": k, "bf16": k})
+
+
+@pytest.mark.parametrize("keep", [0, 1, 2, 3, 5])
+@pytest.mark.parametrize("inverse", [False, True], ids=["fwd", "inv"])
+def test_cpu_saved_hidden_matches_reference(monkeypatch, keep, inverse):
+    """Every number of kept hidden activations (3 = all of them with 2 extra hidden layers; 5 is
+    capped to 3) gives the reference's values and gradients."""
+    if _unavailable("cpu"):
+        pytest.skip(_unavailable("cpu"))
+    _save_hidden(monkeypatch, keep)
+    params = make_params(seed=21)
+    # 1100 points: two full tiles of 512 and a partial one
+    x, frame_idx, codes = make_inputs(1100, 5, params, seed=22)
+    lv = leaves(x, codes, params)
+    y_ref = coupling_stack_ref(x, frame_idx, codes, params, COORDS, N_FREQ, inverse)
+    y = run("cpu", x, frame_idx, codes, params, inverse)
+    assert_close(y, y_ref, rtol=1e-5, atol=2e-5, name=f"keep {keep} y")
+    dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(23))
+    g_ref = torch.autograd.grad(y_ref, lv, dy)
+    g = torch.autograd.grad(y, lv, dy)
+    for name, a, e in zip(LEAF_NAMES, g, g_ref):
+        scale = e.abs().max().item() + 1e-6
+        assert_close(a, e, rtol=1e-4, atol=2e-5 * scale, name=f"keep {keep} d{name}")
+
+
+@pytest.mark.parametrize("keep", [1, 3])
+def test_cpu_saved_hidden_bf16_equals_recompute(monkeypatch, keep):
+    """In the bf16 mode the kept activations are the bf16 values the recompute would produce, so
+    the gradients agree with the recompute mode to fp32 rounding."""
+    if _unavailable("cpu"):
+        pytest.skip(_unavailable("cpu"))
+    params = make_params(seed=31)
+    x, frame_idx, codes = make_inputs(700, 3, params, seed=32)
+    lv = leaves(x, codes, params)
+    dy = torch.randn(700, 3, generator=torch.Generator().manual_seed(33))
+    out = {}
+    for k in (0, keep):
+        _save_hidden(monkeypatch, k)
+        with omnifast.matmul_precision("bf16"):
+            y = run("cpu", x, frame_idx, codes, params, inverse=False)
+        out[k] = (y, torch.autograd.grad(y, lv, dy))
+    assert torch.equal(out[0][0], out[keep][0])
+    for name, a, e in zip(LEAF_NAMES, out[keep][1], out[0][1]):
+        scale = e.abs().max().item() + 1e-6
+        assert_close(a, e, rtol=1e-5, atol=1e-6 * scale, name=f"bf16 keep {keep} d{name}")
+
+
+def test_cpu_saved_hidden_gradcheck_float64(monkeypatch):
+    if _unavailable("cpu"):
+        pytest.skip(_unavailable("cpu"))
+    params = make_params(L=3, H=4, P=4, C=2, n_hidden=1, n_freq=1, dtype=torch.float64, seed=5)
+    x, frame_idx, codes = make_inputs(5, 2, params, dtype=torch.float64, seed=6)
+    coords = (1, 0, 2)
+    names = ["proj_w", "proj_b", "w_in", "b_in", "w_hidden", "b_hidden", "w_out", "b_out"]
+    flat = [params.proj_w, params.proj_b, params.w_in, params.b_in, params.w_hidden[0],
+            params.b_hidden[0], params.w_out, params.b_out]
+    for keep in (1, 2):
+        _save_hidden(monkeypatch, keep)
+        for inverse in (False, True):
+            def fn(x, codes, *flat, inverse=inverse):
+                p = dict(zip(names, flat))
+                p["w_hidden"], p["b_hidden"] = (p["w_hidden"],), (p["b_hidden"],)
+                return run("cpu", x, frame_idx, codes, CouplingParams(**p), inverse, coords, 1)
+
+            assert torch.autograd.gradcheck(fn, (x, codes, *flat), eps=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("keep", [1, 2])
+def test_cpu_saved_hidden_memory(monkeypatch, keep):
+    """Kept activations cost exactly keep x H values per point and layer on top of the
+    coordinates."""
+    if _unavailable("cpu"):
+        pytest.skip(_unavailable("cpu"))
+    _save_hidden(monkeypatch, keep)
+    params = make_params(H=64, P=64)
+    M = 2000
+    x, frame_idx, codes = make_inputs(M, 3, params)
+    saved = []
+
+    def pack(t):
+        if M in t.shape:  # the per-point tensors (not the weights)
+            saved.append(t.numel() * t.element_size())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        run("cpu", x, frame_idx, codes, params, inverse=False)
+    # layer inputs (6 x 3 fp32), the int64 frame index, keep x 64 fp32 activations per layer
+    assert sum(saved) == M * 4 * (6 * 3 + 2 + 6 * keep * 64), sum(saved) / M
+
+
+def test_cpu_save_hidden_env_parsing():
+    base = dict(ops_bijection.CPU_SAVE_HIDDEN)
+    assert ops_bijection._save_hidden_from_env("0") == {"fp32": 0, "bf16": 0}
+    assert ops_bijection._save_hidden_from_env("fp32=2, bf16=3") == {"fp32": 2, "bf16": 3}
+    assert ops_bijection._save_hidden_from_env("bf16=1") == {**base, "bf16": 1}
+    for bad in ("fp16=1", "fp32=x", "-1"):
+        with pytest.raises(ValueError, match="OMNIFAST_CPU_SAVE_HIDDEN"):
+            ops_bijection._save_hidden_from_env(bad)

@@ -70,24 +70,28 @@ std::vector<at::Tensor> fwd(const at::Tensor& x, const at::Tensor& frame_idx,
                             const at::Tensor& w_hid, const at::Tensor& b_hid,
                             const at::Tensor& w_out, const at::Tensor& b_out,
                             std::vector<int64_t> coords, int64_t n_freq, bool inverse,
-                            bool save_inputs, bool bf16, int64_t tile) {
+                            bool save_inputs, int64_t save_hidden, bool bf16, int64_t tile) {
   auto w = pack(frame_bias, proj_w, proj_b, w_in_h, w_hid, b_hid, w_out, b_out);
   check_points(x, "x", frame_idx, frame_bias.dim() > 0 ? frame_bias.size(0) : 0);
   check_weights(w, x, coords, n_freq);
   TORCH_CHECK(tile > 0, "tile must be positive, got ", tile);
   TORCH_CHECK(!bf16 || x.scalar_type() == at::kFloat, "bf16 mode needs float32 inputs, got ",
               x.scalar_type());
-  return coupling_stack_fwd_cpu(x, frame_idx, w, coords, n_freq, inverse, save_inputs, bf16,
-                                tile);
+  const int64_t NH = w_hid.size(0);
+  TORCH_CHECK(save_hidden >= 0 && save_hidden <= NH + 1, "save_hidden must be in [0, ", NH + 1,
+              "], got ", save_hidden);
+  return coupling_stack_fwd_cpu(x, frame_idx, w, coords, n_freq, inverse, save_inputs,
+                                save_hidden, bf16, tile);
 }
 
 std::vector<at::Tensor> bwd(const at::Tensor& dy, const at::Tensor& saved,
-                            const at::Tensor& frame_idx, const at::Tensor& frame_bias,
-                            const at::Tensor& proj_w, const at::Tensor& proj_b,
-                            const at::Tensor& w_in_h, const at::Tensor& w_hid,
-                            const at::Tensor& b_hid, const at::Tensor& w_out,
-                            const at::Tensor& b_out, std::vector<int64_t> coords, int64_t n_freq,
-                            bool inverse, bool bf16, int64_t tile) {
+                            const at::Tensor& acts, const at::Tensor& frame_idx,
+                            const at::Tensor& frame_bias, const at::Tensor& proj_w,
+                            const at::Tensor& proj_b, const at::Tensor& w_in_h,
+                            const at::Tensor& w_hid, const at::Tensor& b_hid,
+                            const at::Tensor& w_out, const at::Tensor& b_out,
+                            std::vector<int64_t> coords, int64_t n_freq, bool inverse, bool bf16,
+                            int64_t tile) {
   auto w = pack(frame_bias, proj_w, proj_b, w_in_h, w_hid, b_hid, w_out, b_out);
   check_points(dy, "dy", frame_idx, frame_bias.dim() > 0 ? frame_bias.size(0) : 0);
   check_weights(w, dy, coords, n_freq);
@@ -100,7 +104,20 @@ std::vector<at::Tensor> bwd(const at::Tensor& dy, const at::Tensor& saved,
   TORCH_CHECK(tile > 0, "tile must be positive, got ", tile);
   TORCH_CHECK(!bf16 || dy.scalar_type() == at::kFloat, "bf16 mode needs float32 inputs, got ",
               dy.scalar_type());
-  return coupling_stack_bwd_cpu(dy, saved, frame_idx, w, coords, n_freq, inverse, bf16, tile);
+  if (acts.numel() > 0) {
+    const int64_t NH = w_hid.size(0), H = w_in_h.size(1);
+    TORCH_CHECK(acts.dim() == 4 && acts.size(0) == L && acts.size(1) <= NH + 1 &&
+                    acts.size(2) == dy.size(0) && acts.size(3) == H,
+                "acts must be [", L, ", K <= ", NH + 1, ", ", dy.size(0), ", ", H, "], got ",
+                acts.sizes());
+    const at::ScalarType gtype = bf16 ? at::kBFloat16 : dy.scalar_type();
+    TORCH_CHECK(acts.scalar_type() == gtype, "acts must be ", gtype, ", got ",
+                acts.scalar_type());
+    OMNIFAST_CHECK_CPU(acts);
+    OMNIFAST_CHECK_CONTIGUOUS(acts);
+  }
+  return coupling_stack_bwd_cpu(dy, saved, acts, frame_idx, w, coords, n_freq, inverse, bf16,
+                                tile);
 }
 
 }  // namespace
@@ -109,15 +126,17 @@ std::vector<at::Tensor> bwd(const at::Tensor& dy, const at::Tensor& saved,
 void bind_bijection(pybind11::module_& m) {
   using namespace pybind11::literals;
   m.def("coupling_stack_fwd", &bijection::fwd,
-        "Fused coupling stack on CPU points: returns [y [M, 3], saved inputs [L, M, 3] or empty]",
+        "Fused coupling stack on CPU points: returns [y [M, 3], saved inputs [L, M, 3] or empty, "
+        "saved top hidden activations [L, save_hidden, M, H] or empty]",
         "x"_a, "frame_idx"_a, "frame_bias"_a, "proj_w"_a, "proj_b"_a, "w_in_h"_a, "w_hid"_a,
         "b_hid"_a, "w_out"_a, "b_out"_a, "coords"_a, "n_freq"_a, "inverse"_a, "save_inputs"_a,
-        "bf16"_a, "tile"_a);
+        "save_hidden"_a, "bf16"_a, "tile"_a);
   m.def("coupling_stack_bwd", &bijection::bwd,
-        "Backward of the fused coupling stack from the saved per-layer input coordinates: "
+        "Backward of the fused coupling stack from the saved per-layer input coordinates (and "
+        "top hidden activations, if any): "
         "[dx, dframe_bias, dproj_w, dproj_b, dw_in_h, dw_hid, db_hid, dw_out, db_out]",
-        "dy"_a, "saved"_a, "frame_idx"_a, "frame_bias"_a, "proj_w"_a, "proj_b"_a, "w_in_h"_a,
-        "w_hid"_a, "b_hid"_a, "w_out"_a, "b_out"_a, "coords"_a, "n_freq"_a, "inverse"_a,
+        "dy"_a, "saved"_a, "acts"_a, "frame_idx"_a, "frame_bias"_a, "proj_w"_a, "proj_b"_a,
+        "w_in_h"_a, "w_hid"_a, "b_hid"_a, "w_out"_a, "b_out"_a, "coords"_a, "n_freq"_a, "inverse"_a,
         "bf16"_a, "tile"_a);
 }
 

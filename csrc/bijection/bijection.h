@@ -5,7 +5,9 @@
 //   x, dy: [M, 3]; frame_idx: [M] int64; frame_bias: [F, L, H] (= W_code c_l + b_in, hoisted)
 //   proj_w: [L, P, E]; proj_b: [L, P]; w_in_h: [L, H, P] (the non-code columns of w_in)
 //   w_hid: [NH, L, H, H]; b_hid: [NH, L, H]; w_out: [L, 2, H]; b_out: [L, 2]
-//   saved: [L, M, 3], the input coordinates of every layer (the only thing kept for backward).
+//   saved: [L, M, 3], the input coordinates of every layer (all that the backward needs);
+//   acts: [L, K, M, H], optionally, the top K hidden activations of every layer in the product
+//   dtype (K = save_hidden in 0..NH + 1; the backward then recomputes only the layers below).
 #pragma once
 
 #include <torch/extension.h>
@@ -19,15 +21,17 @@ struct StackWeights {
   at::Tensor frame_bias, proj_w, proj_b, w_in_h, w_hid, b_hid, w_out, b_out;
 };
 
-// Returns {y [M, 3], saved [L, M, 3] (empty unless save_inputs)}.
+// Returns {y [M, 3], saved [L, M, 3], acts [L, save_hidden, M, H]}; saved and acts are empty
+// unless save_inputs (acts also when save_hidden == 0).
 std::vector<at::Tensor> coupling_stack_fwd_cpu(const at::Tensor& x, const at::Tensor& frame_idx,
                                                const StackWeights& w,
                                                const std::vector<int64_t>& coords,
                                                int64_t n_freq, bool inverse, bool save_inputs,
-                                               bool bf16, int64_t tile);
+                                               int64_t save_hidden, bool bf16, int64_t tile);
 
 // Returns {dx, dframe_bias, dproj_w, dproj_b, dw_in_h, dw_hid, db_hid, dw_out, db_out}.
 std::vector<at::Tensor> coupling_stack_bwd_cpu(const at::Tensor& dy, const at::Tensor& saved,
+                                               const at::Tensor& acts,
                                                const at::Tensor& frame_idx,
                                                const StackWeights& w,
                                                const std::vector<int64_t>& coords,

@@ -21,12 +21,43 @@
 #include <c10/core/InferenceMode.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <type_traits>
+
+#ifdef __linux__
+#include <sys/mman.h>
+#endif
 
 namespace omnifast {
 namespace bijection {
 namespace {
+
+// Phase timers of the CPU kernels, on when OMNIFAST_BIJ_PROFILE is set: per thread, the time
+// spent in the matrix products of the (re)computed forward, in its elementwise work, in the
+// weight-gradient and input-gradient products of the backward and in the backward's elementwise
+// work; printed to stderr after every call. Off, a timer costs one predictable branch.
+enum Phase { kRmm, kRel, kWmm, kXmm, kBel, kNPhase };
+const char* const kPhaseName[] = {"fwd mm", "fwd elem", "dW mm", "dX mm", "bwd elem"};
+constexpr int64_t kMaxProfThreads = 16;
+double g_phase[kMaxProfThreads][kNPhase];
+bool prof_on() {
+  static const bool on = std::getenv("OMNIFAST_BIJ_PROFILE") != nullptr;
+  return on;
+}
+struct Lap {
+  int64_t tid;
+  std::chrono::steady_clock::time_point t = std::chrono::steady_clock::now();
+  void operator()(int ph) {
+    if (!prof_on() || tid >= kMaxProfThreads) return;
+    const auto now = std::chrono::steady_clock::now();
+    g_phase[tid][ph] += std::chrono::duration<double>(now - t).count();
+    t = now;
+  }
+};
 
 constexpr double kSClamp = 8.0;
 constexpr double kSlope = 0.01;
@@ -182,10 +213,16 @@ struct Stack {
   const S* b_out;
   std::vector<S> w_out_s;  // w_out rounded through G, [L, 2, H]
   at::ScalarType gtype;
+  // saved activations: the top `keep` hidden activations z[NH + 1 - keep .. NH] of every layer,
+  // [L, keep, M, H] in G (undefined when keep == 0)
+  int64_t keep = 0;
+  at::Tensor acts;
 
   at::Tensor pw(int64_t l) const { return proj_w.select(0, l); }
   at::Tensor wi(int64_t l) const { return w_in_h.select(0, l); }
   at::Tensor wh(int64_t k, int64_t l) const { return w_hid.select(0, k).select(0, l); }
+  // index of the first saved hidden activation (NH + 1 when none is saved)
+  int64_t first_kept() const { return NH + 1 - keep; }
 };
 
 // Per-thread scratch for one tile.
@@ -219,10 +256,27 @@ struct Work {
   at::Tensor zk(int64_t k, int64_t n, int64_t H) const { return z.select(0, k).narrow(0, 0, n); }
 };
 
-// The layer's network on a tile: from input coordinates xc (n x 3) to s_raw, t; the encoding,
-// projection and hidden activations are left in the work buffers.
+// Hidden activation k of layer l for the tile's rows: in the saved buffer for the top c.keep
+// ones, else in the work buffer.
 template <typename S, typename G>
-void layer_net(const Stack<S, G>& c, Work<S, G>& w, int64_t l, int64_t i0, int64_t n) {
+at::Tensor zt(const Stack<S, G>& c, const Work<S, G>& w, int64_t l, int64_t k, int64_t i0,
+              int64_t n) {
+  if (k >= c.first_kept()) {
+    return c.acts.select(0, l).select(0, k - c.first_kept()).narrow(0, i0, n);
+  }
+  return w.zk(k, n, c.H);
+}
+
+// The layer's network on a tile: from input coordinates xc (n x 3) to s_raw, t; the encoding,
+// projection and hidden activations are left in the work buffers (the top c.keep activations in
+// c.acts).
+// `from_saved`: the top c.keep activations are already in c.acts (backward): they are read, not
+// recomputed. Otherwise every activation is computed and the top c.keep are written to c.acts.
+template <typename S, typename G>
+void layer_net(const Stack<S, G>& c, Work<S, G>& w, int64_t l, int64_t i0, int64_t n,
+               Lap* lap = nullptr, bool from_saved = false) {
+  auto L_ = [&](int ph) { if (lap) (*lap)(ph); };
+  const int64_t last = from_saved ? c.first_kept() : c.NH + 1;  // activations computed: [0, last)
   const int64_t s_idx = c.coords[l];
   const int64_t a = s_idx == 0 ? 1 : 0;
   const int64_t b = s_idx == 2 ? 1 : 2;
@@ -232,34 +286,41 @@ void layer_net(const Stack<S, G>& c, Work<S, G>& w, int64_t l, int64_t i0, int64
   // h0 = leaky(pe @ proj_w^T + proj_b)
   at::Tensor pe_t = w.pe.narrow(0, 0, n);
   at::Tensor h0_t = w.h0.narrow(0, 0, n);
+  L_(kRel);
   mm_nt(h0_t, pe_t, c.pw(l));
+  L_(kRmm);
   {
     G* h = h0_t.template data_ptr<G>();
     const S* pb = c.proj_b + l * P;
     for (int64_t i = 0; i < n; ++i) bias_leaky_row<S, G>(h + i * P, pb, P);
   }
   // z0 = leaky(h0 @ w_in_h^T + frame_bias[frame])
-  at::Tensor z0 = w.zk(0, n, H);
-  mm_nt(z0, h0_t, c.wi(l));
-  {
+  if (last > 0) {
+    at::Tensor z0 = zt(c, w, l, 0, i0, n);
+    L_(kRel);
+    mm_nt(z0, h0_t, c.wi(l));
+    L_(kRmm);
     G* zp = z0.template data_ptr<G>();
     for (int64_t i = 0; i < n; ++i) {
       const S* fb = c.frame_bias + (c.fidx[i0 + i] * c.L + l) * H;
       bias_leaky_row<S, G>(zp + i * H, fb, H);
     }
   }
-  for (int64_t k = 0; k < c.NH; ++k) {
-    at::Tensor zin = w.zk(k, n, H);
-    at::Tensor zout = w.zk(k + 1, n, H);
+  for (int64_t k = 0; k + 1 < last; ++k) {
+    at::Tensor zin = zt(c, w, l, k, i0, n);
+    at::Tensor zout = zt(c, w, l, k + 1, i0, n);
+    L_(kRel);
     mm_nt(zout, zin, c.wh(k, l));
+    L_(kRmm);
     G* zp = zout.template data_ptr<G>();
     const S* bh = c.b_hid + (k * c.L + l) * H;
     for (int64_t i = 0; i < n; ++i) bias_leaky_row<S, G>(zp + i * H, bh, H);
   }
   // (s, t) = z_last @ w_out^T + b_out
   const S* ws = c.w_out_s.data() + l * 2 * H;
-  out_layer_fwd<S, G>(w.zk(c.NH, n, H).template data_ptr<G>(), ws, ws + H, c.b_out[l * 2],
+  out_layer_fwd<S, G>(zt(c, w, l, c.NH, i0, n).template data_ptr<G>(), ws, ws + H, c.b_out[l * 2],
                       c.b_out[l * 2 + 1], w.sr.data(), w.tt.data(), n, H);
+  L_(kRel);
 }
 
 template <typename S>
@@ -273,6 +334,7 @@ void run_forward(const Stack<S, G>& c, const S* x, S* y, S* saved, int64_t tile)
   at::parallel_for(0, ntiles, 1, [&](int64_t t0, int64_t t1) {
     c10::InferenceMode guard;
     Work<S, G> w(c, tile);
+    Lap lap{at::get_thread_num()};
     for (int64_t ti = t0; ti < t1; ++ti) {
       const int64_t i0 = ti * tile;
       const int64_t n = std::min(tile, c.M - i0);
@@ -280,7 +342,7 @@ void run_forward(const Stack<S, G>& c, const S* x, S* y, S* saved, int64_t tile)
       for (int64_t step = 0; step < c.L; ++step) {
         const int64_t l = c.inverse ? c.L - 1 - step : step;
         if (saved) std::copy(w.xc.begin(), w.xc.begin() + n * 3, saved + (l * c.M + i0) * 3);
-        layer_net<S, G>(c, w, l, i0, n);
+        layer_net<S, G>(c, w, l, i0, n, &lap);
         const int64_t si = c.coords[l];
         for (int64_t i = 0; i < n; ++i) {
           const S s = clamp_s(w.sr[i]);
@@ -308,6 +370,7 @@ void run_backward(const Stack<S, G>& c, const S* dy, const S* saved, S* dx, Grad
     c10::InferenceMode guard;
     const int64_t tid = at::get_thread_num();
     Work<S, G> w(c, tile);
+    Lap lap{tid};
     at::Tensor dproj_w = g.dproj_w[tid], dw_in_h = g.dw_in_h[tid], dw_hid = g.dw_hid[tid];
     S* dfb = g.dfb[tid].template data_ptr<S>();
     S* dproj_b = g.dproj_b[tid].template data_ptr<S>();
@@ -336,7 +399,8 @@ void run_backward(const Stack<S, G>& c, const S* dy, const S* saved, S* dx, Grad
         const int64_t a = si == 0 ? 1 : 0;
         const int64_t b = si == 2 ? 1 : 2;
         std::copy(saved + (l * c.M + i0) * 3, saved + (l * c.M + i0 + n) * 3, w.xc.begin());
-        layer_net<S, G>(c, w, l, i0, n);
+        lap(kBel);
+        layer_net<S, G>(c, w, l, i0, n, &lap, /*from_saved=*/true);
         // through the coordinate update
         for (int64_t i = 0; i < n; ++i) {
           const S sraw = w.sr[i];
@@ -362,7 +426,7 @@ void run_backward(const Stack<S, G>& c, const S* dy, const S* saved, S* dx, Grad
         }
         // output layer: dW_out, db_out, then d(pre-activation of z_last)
         {
-          const G* zl = w.zk(NH, n, H).template data_ptr<G>();
+          const G* zl = zt(c, w, l, NH, i0, n).template data_ptr<G>();
           const S* ws = c.w_out_s.data() + l * 2 * H;
           const S* wt = ws + H;
           S* gws = dw_out + l * 2 * H;
@@ -381,14 +445,18 @@ void run_backward(const Stack<S, G>& c, const S* dy, const S* saved, S* dx, Grad
         // hidden layers, top down: z[k+1] = leaky(z[k] @ W_k^T + b_k)
         at::Tensor dA = w.rows(w.da, n, H), dB = w.rows(w.db, n, H);
         for (int64_t k = NH - 1; k >= 0; --k) {
-          at::Tensor zin = w.zk(k, n, H);
+          at::Tensor zin = zt(c, w, l, k, i0, n);
+          lap(kBel);
           acc_tn(dw_hid[k][l], dA, zin);
+          lap(kWmm);
           {
             const G* d = dA.template data_ptr<G>();
             S* acc = db_hid + (k * L + l) * H;
             for (int64_t i = 0; i < n; ++i) add_row<S, G>(acc, d + i * H, H);
           }
+          lap(kBel);
           at::mm_out(dB, dA, c.wh(k, l));
+          lap(kXmm);
           G* d = dB.template data_ptr<G>();
           const G* zp = zin.template data_ptr<G>();
           mul_leaky_grad<S, G>(d, zp, n * H);
@@ -396,7 +464,9 @@ void run_backward(const Stack<S, G>& c, const S* dy, const S* saved, S* dx, Grad
         }
         // first layer: z0 = leaky(h0 @ w_in_h^T + frame_bias[frame])
         at::Tensor h0_t = w.h0.narrow(0, 0, n);
+        lap(kBel);
         acc_tn(dw_in_h[l], dA, h0_t);
+        lap(kWmm);
         {
           const G* d = dA.template data_ptr<G>();
           for (int64_t i = 0; i < n; ++i) {
@@ -405,7 +475,9 @@ void run_backward(const Stack<S, G>& c, const S* dy, const S* saved, S* dx, Grad
         }
         at::Tensor dHt = (dA.data_ptr() == w.da.data_ptr()) ? w.rows(w.db, n, P)
                                                              : w.rows(w.da, n, P);
+        lap(kBel);
         at::mm_out(dHt, dA, c.wi(l));
+        lap(kXmm);
         {
           G* d = dHt.template data_ptr<G>();
           const G* hp = h0_t.template data_ptr<G>();
@@ -414,9 +486,12 @@ void run_backward(const Stack<S, G>& c, const S* dy, const S* saved, S* dx, Grad
           for (int64_t i = 0; i < n; ++i) add_row<S, G>(acc, d + i * P, P);
         }
         at::Tensor pe_t = w.pe.narrow(0, 0, n);
+        lap(kBel);
         acc_tn(dproj_w[l], dHt, pe_t);
+        lap(kWmm);
         at::Tensor dpe = w.dpe.narrow(0, 0, n);
         at::mm_out(dpe, dHt, c.pw(l));
+        lap(kXmm);
         {
           encode_grad<S, G>(dpe.template data_ptr<G>(), w.xc.data(), a, b, c.freq.data(), nf,
                             w.dxy.data(), n, E);
@@ -424,6 +499,7 @@ void run_backward(const Stack<S, G>& c, const S* dy, const S* saved, S* dx, Grad
       }
       std::copy(w.dxy.begin(), w.dxy.begin() + n * 3, dx + i0 * 3);
     }
+    lap(kBel);
   });
 }
 
@@ -460,34 +536,92 @@ Stack<S, G> make_stack(const at::Tensor& frame_idx, const StackWeights& w,
 
 }  // namespace
 
+namespace {
+
+// Asks the kernel to back the 2 MiB-aligned interior of a large fresh buffer with transparent
+// huge pages (where THP is in "madvise" mode). The kept activations are written once per
+// forward into new memory; with 4 KiB pages the first-touch page faults cost about as much as
+// the writes save (measured: a first fill of 144 MiB took 64 ms with 4 KiB pages, 15 ms with
+// 2 MiB pages, a second fill 6-8 ms). The memory still comes from ATen's allocator, so its
+// accounting (and the memory profiler) sees it as usual.
+void advise_huge_pages(const at::Tensor& t) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
+  const uintptr_t p = reinterpret_cast<uintptr_t>(t.data_ptr());
+  const uintptr_t b = (p + kHuge - 1) & ~(kHuge - 1);
+  const uintptr_t e = (p + t.nbytes()) & ~(kHuge - 1);
+  if (e > b) madvise(reinterpret_cast<void*>(b), e - b, MADV_HUGEPAGE);  // advisory only
+#else
+  (void)t;
+#endif
+}
+
+void print_profile(const char* what, int64_t M, double wall_s, int64_t nt) {
+  std::fprintf(stderr, "coupling_stack %s M=%ld: %.1f ms\n", what, long(M), wall_s * 1e3);
+  for (int64_t t = 0; t < std::min<int64_t>(nt, kMaxProfThreads); ++t) {
+    std::fprintf(stderr, "  thread %ld:", long(t));
+    for (int p = 0; p < kNPhase; ++p) {
+      std::fprintf(stderr, " %s %.1f ms;", kPhaseName[p], g_phase[t][p] * 1e3);
+    }
+    std::fprintf(stderr, "\n");
+  }
+}
+
+// Calls fn(Stack<S, G>&) with the stack built for x's dtype and the matmul mode.
+template <typename Fn>
+void with_stack(const at::Tensor& x, bool bf16, const at::Tensor& frame_idx,
+                const StackWeights& w, const std::vector<int64_t>& coords, int64_t n_freq,
+                bool inverse, int64_t M, const at::Tensor& acts, Fn&& fn) {
+  std::vector<at::Tensor> keep_alive;
+  auto go = [&](auto c) {
+    if (acts.defined() && acts.numel() > 0) {
+      c.keep = acts.size(1);
+      c.acts = acts;
+    }
+    fn(c);
+  };
+  if (x.scalar_type() == at::kDouble) {
+    go(make_stack<double, double>(frame_idx, w, coords, n_freq, inverse, M, keep_alive));
+  } else if (bf16) {
+    go(make_stack<float, at::BFloat16>(frame_idx, w, coords, n_freq, inverse, M, keep_alive));
+  } else {
+    go(make_stack<float, float>(frame_idx, w, coords, n_freq, inverse, M, keep_alive));
+  }
+}
+
+}  // namespace
+
 std::vector<at::Tensor> coupling_stack_fwd_cpu(const at::Tensor& x, const at::Tensor& frame_idx,
                                                const StackWeights& w,
                                                const std::vector<int64_t>& coords,
                                                int64_t n_freq, bool inverse, bool save_inputs,
-                                               bool bf16, int64_t tile) {
+                                               int64_t save_hidden, bool bf16, int64_t tile) {
   const int64_t M = x.size(0);
-  const int64_t L = w.proj_w.size(0);
+  const int64_t L = w.proj_w.size(0), H = w.w_in_h.size(1);
   at::Tensor y = at::empty_like(x);
-  at::Tensor saved = save_inputs ? at::empty({L, M, 3}, x.options()) : at::Tensor();
-  if (M == 0) return {y, save_inputs ? saved : at::empty({0}, x.options())};
-  std::vector<at::Tensor> keep;
-  if (x.scalar_type() == at::kDouble) {
-    auto c = make_stack<double, double>(frame_idx, w, coords, n_freq, inverse, M, keep);
-    run_forward<double, double>(c, x.data_ptr<double>(), y.data_ptr<double>(),
-                                save_inputs ? saved.data_ptr<double>() : nullptr, tile);
-  } else if (bf16) {
-    auto c = make_stack<float, at::BFloat16>(frame_idx, w, coords, n_freq, inverse, M, keep);
-    run_forward<float, at::BFloat16>(c, x.data_ptr<float>(), y.data_ptr<float>(),
-                                     save_inputs ? saved.data_ptr<float>() : nullptr, tile);
-  } else {
-    auto c = make_stack<float, float>(frame_idx, w, coords, n_freq, inverse, M, keep);
-    run_forward<float, float>(c, x.data_ptr<float>(), y.data_ptr<float>(),
-                              save_inputs ? saved.data_ptr<float>() : nullptr, tile);
+  at::Tensor saved = save_inputs ? at::empty({L, M, 3}, x.options()) : at::empty({0}, x.options());
+  const at::ScalarType gtype = bf16 ? at::kBFloat16 : x.scalar_type();
+  at::Tensor acts = save_inputs && save_hidden > 0
+                        ? at::empty({L, save_hidden, M, H}, x.options().dtype(gtype))
+                        : at::empty({0}, x.options().dtype(gtype));
+  if (M == 0) return {y, saved, acts};
+  if (acts.numel() > 0) advise_huge_pages(acts);
+  const auto t0 = std::chrono::steady_clock::now();
+  if (prof_on()) std::memset(g_phase, 0, sizeof(g_phase));
+  with_stack(x, bf16, frame_idx, w, coords, n_freq, inverse, M, acts, [&](auto& c) {
+    using S = std::remove_cv_t<std::remove_pointer_t<decltype(c.proj_b)>>;
+    run_forward(c, x.data_ptr<S>(), y.data_ptr<S>(), save_inputs ? saved.data_ptr<S>() : nullptr,
+                tile);
+  });
+  if (prof_on()) {
+    const std::chrono::duration<double> dt = std::chrono::steady_clock::now() - t0;
+    print_profile(inverse ? "inverse" : "forward", M, dt.count(), at::get_num_threads());
   }
-  return {y, save_inputs ? saved : at::empty({0}, x.options())};
+  return {y, saved, acts};
 }
 
 std::vector<at::Tensor> coupling_stack_bwd_cpu(const at::Tensor& dy, const at::Tensor& saved,
+                                               const at::Tensor& acts,
                                                const at::Tensor& frame_idx,
                                                const StackWeights& w,
                                                const std::vector<int64_t>& coords,
@@ -511,24 +645,22 @@ std::vector<at::Tensor> coupling_stack_bwd_cpu(const at::Tensor& dy, const at::T
   g.dw_out = per_thread(w.w_out);
   g.db_out = per_thread(w.b_out);
   at::Tensor dx = at::empty_like(dy);
+  const auto t0 = std::chrono::steady_clock::now();
+  if (prof_on()) std::memset(g_phase, 0, sizeof(g_phase));
   if (M > 0) {
-    std::vector<at::Tensor> keep;
-    if (dy.scalar_type() == at::kDouble) {
-      auto c = make_stack<double, double>(frame_idx, w, coords, n_freq, inverse, M, keep);
-      run_backward<double, double>(c, dy.data_ptr<double>(), saved.data_ptr<double>(),
-                                   dx.data_ptr<double>(), g, tile);
-    } else if (bf16) {
-      auto c = make_stack<float, at::BFloat16>(frame_idx, w, coords, n_freq, inverse, M, keep);
-      run_backward<float, at::BFloat16>(c, dy.data_ptr<float>(), saved.data_ptr<float>(),
-                                        dx.data_ptr<float>(), g, tile);
-    } else {
-      auto c = make_stack<float, float>(frame_idx, w, coords, n_freq, inverse, M, keep);
-      run_backward<float, float>(c, dy.data_ptr<float>(), saved.data_ptr<float>(),
-                                 dx.data_ptr<float>(), g, tile);
-    }
+    with_stack(dy, bf16, frame_idx, w, coords, n_freq, inverse, M, acts, [&](auto& c) {
+      using S = std::remove_cv_t<std::remove_pointer_t<decltype(c.proj_b)>>;
+      run_backward(c, dy.data_ptr<S>(), saved.data_ptr<S>(), dx.data_ptr<S>(), g, tile);
+    });
   }
-  return {dx,           g.dfb.sum(0),    g.dproj_w.sum(0), g.dproj_b.sum(0), g.dw_in_h.sum(0),
-          g.dw_hid.sum(0), g.db_hid.sum(0), g.dw_out.sum(0),  g.db_out.sum(0)};
+  std::vector<at::Tensor> res = {dx,           g.dfb.sum(0),    g.dproj_w.sum(0),
+                                 g.dproj_b.sum(0), g.dw_in_h.sum(0), g.dw_hid.sum(0),
+                                 g.db_hid.sum(0), g.dw_out.sum(0),  g.db_out.sum(0)};
+  if (prof_on()) {
+    const std::chrono::duration<double> dt = std::chrono::steady_clock::now() - t0;
+    print_profile(inverse ? "inverse backward" : "forward backward", M, dt.count(), nt);
+  }
+  return res;
 }
 
 }  // namespace bijection

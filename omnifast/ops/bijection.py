@@ -11,15 +11,19 @@ multiply a per-frame constant, so ``frame_bias[f, l] = w_in[l, :, :C] @ codes[f,
 is computed once per frame here, in PyTorch (autograd carries its gradient to the codes and
 weights), and the kernels only see the non-code columns ``w_in[:, :, C:]``. The ``[M, C + P]``
 concatenation and the per-point code copies of the reference never exist. For backward the
-kernels keep only each layer's input coordinates ``[L, M, 3]`` and recompute the hidden
-activations. The frame bias is computed in fp32 even in the bf16 mode (the reference rounds
-the code term's operands to bf16 like every other product): a deliberate, more precise
-difference of a few thousand MACs per frame.
+kernels keep each layer's input coordinates ``[L, M, 3]`` and recompute the hidden activations
+from them; the CPU kernels can also keep the top hidden activations of every layer
+(:data:`CPU_SAVE_HIDDEN`), which removes that many ``H x H`` products from the recompute.
+The frame bias is computed in fp32 even in the bf16 mode (the reference rounds the code term's
+operands to bf16 like every other product): a deliberate, more precise difference of a few
+thousand MACs per frame.
 
 ``affine`` (the pre-layer) has only the reference implementation so far.
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 
@@ -33,6 +37,33 @@ register("affine", "torch")(affine_ref)
 #: points per tile of the CPU kernels; per-thread working set ~ (3 H + P) * tile * 4 bytes
 #: (512 measured fastest at the omnimotion widths, see benchmarks/RESULTS.md).
 CPU_TILE = 512
+
+#: How many hidden activations of every layer the CPU forward keeps for the backward, per matmul
+#: precision: the top ones, z[NH + 1 - K .. NH] (K in 0..NH + 1; larger values are capped). Each
+#: kept activation removes one of the backward's ``H x H`` recompute products (65,536 MAC per
+#: point and layer at H = 256, 1/3 of the recompute) and costs H values per point and layer,
+#: fp32 (bf16 in the bf16 mode): 6 KiB (3 KiB) per point and direction at the omnimotion widths.
+#: K = 0 recomputes everything from the ``[L, M, 3]`` coordinates (the least memory, the Triton
+#: design). The defaults are measured (benchmarks/RESULTS.md, "coupling_stack"): they are the
+#: largest that keep the whole training step under half the reference's peak memory. The
+#: environment variable ``OMNIFAST_CPU_SAVE_HIDDEN`` (``K`` or ``fp32=K,bf16=K``) overrides them.
+CPU_SAVE_HIDDEN = {"fp32": 1, "bf16": 2}
+
+
+def _save_hidden_from_env(text: str) -> dict[str, int]:
+    """``OMNIFAST_CPU_SAVE_HIDDEN``: one number for both precisions, or ``fp32=K,bf16=K``."""
+    out = dict(CPU_SAVE_HIDDEN)
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, _, val = part.rpartition("=")
+        keys = [key] if key else list(out)
+        if any(k not in out for k in keys) or not val.isdigit():
+            raise ValueError(f"OMNIFAST_CPU_SAVE_HIDDEN: expected K or fp32=K,bf16=K, got {text!r}")
+        out.update(dict.fromkeys(keys, int(val)))
+    return out
+
+
+if os.environ.get("OMNIFAST_CPU_SAVE_HIDDEN"):
+    CPU_SAVE_HIDDEN = _save_hidden_from_env(os.environ["OMNIFAST_CPU_SAVE_HIDDEN"])
 
 
 def frame_bias(codes: torch.Tensor, params: CouplingParams) -> torch.Tensor:
@@ -66,30 +97,34 @@ def _stacked(params: CouplingParams, dtype: torch.dtype) -> list[torch.Tensor]:
 
 
 class CouplingStackFunction(torch.autograd.Function):
-    """Autograd wrapper of the fused CPU coupling stack (saves ``[L, M, 3]`` coordinates only)."""
+    """Autograd wrapper of the fused CPU coupling stack.
+
+    Saves the ``[L, M, 3]`` layer inputs and, if ``save_hidden`` > 0, the top ``save_hidden``
+    hidden activations of every layer ``[L, save_hidden, M, H]`` (bf16 in the bf16 mode).
+    """
 
     @staticmethod
     def forward(ctx, x, frame_idx, fbias, proj_w, proj_b, w_in_h, w_hid, b_hid, w_out, b_out,
-                coords, n_freq, inverse, bf16, tile):
+                coords, n_freq, inverse, bf16, tile, save_hidden):
         ext = load_extension()
         save = any(ctx.needs_input_grad[i] for i in (0, 2, 3, 4, 5, 6, 7, 8, 9))
-        y, saved = ext.coupling_stack_fwd(x, frame_idx, fbias, proj_w, proj_b, w_in_h, w_hid,
-                                          b_hid, w_out, b_out, list(coords), n_freq, inverse,
-                                          save, bf16, tile)
-        ctx.save_for_backward(saved, frame_idx, fbias, proj_w, proj_b, w_in_h, w_hid, b_hid,
-                              w_out, b_out)
+        y, saved, acts = ext.coupling_stack_fwd(x, frame_idx, fbias, proj_w, proj_b, w_in_h,
+                                                w_hid, b_hid, w_out, b_out, list(coords), n_freq,
+                                                inverse, save, save_hidden, bf16, tile)
+        ctx.save_for_backward(saved, acts, frame_idx, fbias, proj_w, proj_b, w_in_h, w_hid,
+                              b_hid, w_out, b_out)
         ctx.cfg = (list(coords), n_freq, inverse, bf16, tile)
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        saved, frame_idx, *ws = ctx.saved_tensors
+        saved, acts, frame_idx, *ws = ctx.saved_tensors
         coords, n_freq, inverse, bf16, tile = ctx.cfg
-        grads = load_extension().coupling_stack_bwd(dy.contiguous(), saved, frame_idx, *ws,
-                                                    coords, n_freq, inverse, bf16, tile)
+        grads = load_extension().coupling_stack_bwd(dy.contiguous(), saved, acts, frame_idx,
+                                                    *ws, coords, n_freq, inverse, bf16, tile)
         dx, dfb, dproj_w, dproj_b, dw_in_h, dw_hid, db_hid, dw_out, db_out = grads
         return (dx, None, dfb, dproj_w, dproj_b, dw_in_h, dw_hid, db_hid, dw_out, db_out,
-                None, None, None, None, None)
+                None, None, None, None, None, None)
 
 
 def _supports_cpu(device: torch.device, dtype: torch.dtype) -> str | None:
@@ -117,9 +152,10 @@ def coupling_stack_cpu(x: torch.Tensor, frame_idx: torch.Tensor, codes: torch.Te
     bf16 = get_matmul_precision() == "bf16" and x.dtype == torch.float32
     fb = frame_bias(codes.to(x.dtype), params).to(x.dtype).contiguous()
     ws = _stacked(params, x.dtype)
+    keep = min(int(CPU_SAVE_HIDDEN["bf16" if bf16 else "fp32"]), len(params.w_hidden) + 1)
     return CouplingStackFunction.apply(x.contiguous(), frame_idx.to(torch.int64).contiguous(),
                                        fb, *ws, tuple(int(c) for c in coords), int(n_freq),
-                                       bool(inverse), bf16, CPU_TILE)
+                                       bool(inverse), bf16, CPU_TILE, max(keep, 0))
 
 
 def _check_points(x: torch.Tensor, frame_idx: torch.Tensor, op: str) -> None:
