@@ -366,6 +366,42 @@ def test_cpu_output_cache_reuses_blocks_without_stale_data():
 
 
 @pytest.mark.skipif(not _has_cpu_kernels(), reason="omnifast._C not built")
+def test_cpu_output_cache_off():
+    """OMNIFAST_COMPOSITE_CACHE=0 (read once per process, so in a subprocess) keeps nothing
+    cached and gives bit-identical outputs."""
+    import os  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+    import tempfile  # noqa: PLC0415
+
+    script = (
+        "import sys, torch\n"
+        "from omnifast._ext import load_extension\n"
+        "ext = load_extension()\n"
+        "g = torch.Generator().manual_seed(1)\n"
+        "R, K, C = 5001, 32, 7\n"
+        "s, v = torch.rand(R, K, generator=g), torch.randn(R, K, C, generator=g)\n"
+        "go, gw = torch.randn(R, C, generator=g), torch.randn(R, K, generator=g)\n"
+        "res = [t.clone() for t in ext.composite_bwd(s, v, None, go, gw, 0, 0, True, True)]\n"
+        "res += [t.clone() for t in ext.composite_fwd(s, v, None, 0, 0, True)]\n"
+        "torch.save([res, ext.composite_output_cache_bytes()], sys.argv[1])\n"
+    )
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for flag in ("0", None):
+            path = os.path.join(tmp, f"r{flag}.pt")
+            env = {k: v for k, v in os.environ.items() if k != "OMNIFAST_COMPOSITE_CACHE"}
+            if flag is not None:
+                env["OMNIFAST_COMPOSITE_CACHE"] = flag
+            subprocess.run([sys.executable, "-c", script, path], check=True, env=env)
+            results.append(torch.load(path))
+    (off, off_cached), (on, on_cached) = results
+    assert off_cached == 0 and on_cached > 0
+    for a, b in zip(off, on):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.skipif(not _has_cpu_kernels(), reason="omnifast._C not built")
 def test_cpu_output_cache_reported_to_profiler():
     """Blocks from the output cache are reported to the profiler's memory events like torch's
     own allocations (the benchmarks' memory columns rely on it): a backward's allocations add
