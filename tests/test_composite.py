@@ -334,6 +334,92 @@ def test_cpu_plain_stores_match_streaming_stores():
                     (dv, dv_r, "dvalues")):
         assert_close(a, e, name=n, **TOL[torch.float32])
 
+
+@pytest.mark.skipif(not _has_cpu_kernels(), reason="omnifast._C not built")
+def test_cpu_output_cache_reuses_blocks_without_stale_data():
+    """Outputs of 4 MiB and more come from a cache of freed blocks. A block handed out again
+    still holds the previous call's data: poison it with NaN, free it, and check that the
+    next call (same sizes, so the same blocks) overwrites every element and matches the
+    reference; float64 and an odd R take the same cache."""
+    ext = load_extension()
+    for R, K, C, dtype in ((5001, 32, 7, torch.float32), (3003, 33, 6, torch.float64)):
+        g = torch.Generator().manual_seed(R)
+        s = (torch.rand(R, K, generator=g) * 2).to(dtype)
+        v = torch.randn(R, K, C, generator=g).to(dtype)
+        go, gw = torch.randn(R, C, generator=g).to(dtype), torch.randn(R, K, generator=g).to(dtype)
+        ds, dv = ext.composite_bwd(s, v, None, go, gw, 0, 0, True, True)
+        o, w = ext.composite_fwd(s, v, None, 0, 0, True)
+        ptrs = {ds.data_ptr(), dv.data_ptr(), w.data_ptr()}
+        for t in (ds, dv, o, w):
+            t.fill_(float("nan"))
+        del ds, dv, o, w
+        assert ext.composite_output_cache_bytes() >= R * K * C * v.element_size()
+        o, w = ext.composite_fwd(s, v, None, 0, 0, True)
+        ds, dv = ext.composite_bwd(s, v, None, go, gw, 0, 0, True, True)
+        assert dv.data_ptr() in ptrs  # the block was reused
+        sr, vr = s.clone().requires_grad_(True), v.clone().requires_grad_(True)
+        o_r, w_r = composite_ref(sr, vr)
+        ds_r, dv_r = torch.autograd.grad([o_r, w_r], [sr, vr], [go, gw])
+        for a, e, n in ((o, o_r, "out"), (w, w_r, "weights"), (ds, ds_r, "dsigma"),
+                        (dv, dv_r, "dvalues")):
+            assert_close(a, e, name=n, **TOL[dtype])
+
+
+@pytest.mark.skipif(not _has_cpu_kernels(), reason="omnifast._C not built")
+def test_cpu_output_cache_off():
+    """OMNIFAST_COMPOSITE_CACHE=0 (read once per process, so in a subprocess) keeps nothing
+    cached and gives bit-identical outputs."""
+    import os  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+    import tempfile  # noqa: PLC0415
+
+    script = (
+        "import sys, torch\n"
+        "from omnifast._ext import load_extension\n"
+        "ext = load_extension()\n"
+        "g = torch.Generator().manual_seed(1)\n"
+        "R, K, C = 5001, 32, 7\n"
+        "s, v = torch.rand(R, K, generator=g), torch.randn(R, K, C, generator=g)\n"
+        "go, gw = torch.randn(R, C, generator=g), torch.randn(R, K, generator=g)\n"
+        "res = [t.clone() for t in ext.composite_bwd(s, v, None, go, gw, 0, 0, True, True)]\n"
+        "res += [t.clone() for t in ext.composite_fwd(s, v, None, 0, 0, True)]\n"
+        "torch.save([res, ext.composite_output_cache_bytes()], sys.argv[1])\n"
+    )
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for flag in ("0", None):
+            path = os.path.join(tmp, f"r{flag}.pt")
+            env = {k: v for k, v in os.environ.items() if k != "OMNIFAST_COMPOSITE_CACHE"}
+            if flag is not None:
+                env["OMNIFAST_COMPOSITE_CACHE"] = flag
+            subprocess.run([sys.executable, "-c", script, path], check=True, env=env)
+            results.append(torch.load(path))
+    (off, off_cached), (on, on_cached) = results
+    assert off_cached == 0 and on_cached > 0
+    for a, b in zip(off, on):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.skipif(not _has_cpu_kernels(), reason="omnifast._C not built")
+def test_cpu_output_cache_reported_to_profiler():
+    """Blocks from the output cache are reported to the profiler's memory events like torch's
+    own allocations (the benchmarks' memory columns rely on it): a backward's allocations add
+    up to at least dsigma + dvalues, and its frees bring the balance back to zero."""
+    from torch.profiler import ProfilerActivity, profile  # noqa: PLC0415
+
+    ext = load_extension()
+    R, K, C = 5001, 32, 7
+    s, v = torch.rand(R, K), torch.randn(R, K, C)
+    go, gw = torch.randn(R, C), torch.randn(R, K)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        ds, dv = ext.composite_bwd(s, v, None, go, gw, 0, 0, True, True)
+        del ds, dv
+    usage = [e.self_cpu_memory_usage for e in prof.events() if e.self_cpu_memory_usage]
+    assert sum(u for u in usage if u > 0) >= R * K * (C + 1) * 4
+    assert sum(usage) == 0
+
+
 # --------------------------------------------------------------------------- inference helpers
 @pytest.mark.parametrize("backend,device,dtype", CASES)
 def test_argmax(backend, device, dtype):

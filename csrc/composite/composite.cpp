@@ -7,7 +7,15 @@
 
 #include <sys/mman.h>
 
+#include <c10/core/Allocator.h>
+#include <c10/util/accumulate.h>
+
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <utility>
+#include <vector>
 
 #ifdef OMNIFAST_WITH_CUDA
 #include <c10/cuda/CUDAGuard.h>
@@ -48,26 +56,130 @@ void check_per_sample(const at::Tensor& sigma, const at::Tensor& x, const char* 
   check_same(x, name, sigma);
 }
 
-// An uninitialised output tensor. Large CPU outputs (dvalues is R*K*C floats, 56 MB for one
-// training step) are asked to live on transparent huge pages before anything touches them:
-// with 4 KiB pages, the first-touch page faults of a fresh 56 MB buffer cost several times
-// more than the kernel that fills it. The memory still comes from torch's allocator (and is
-// accounted for there); madvise only covers the 2 MiB-aligned interior, and its failure (THP
-// off, another OS) changes nothing but speed.
+// Large CPU outputs (dvalues is R*K*C floats, 56 MiB for one training step) come from a small
+// cache of blocks (`OutputCache`) instead of torch's allocator. glibc maps every block of more
+// than 32 MiB fresh from the kernel and unmaps it on free, and the kernel zeroes each new page
+// on first touch: for the 64 MiB of gradients of a training step that zeroing took about 40%
+// of the backward (benchmarks/RESULTS.md). A training loop asks for the same sizes every step,
+// so a block freed by the previous step is handed out again with its pages already mapped.
+// Blocks are 2 MiB aligned, padded to whole 2 MiB and advised onto transparent huge pages.
+// Freed blocks are kept up to kCacheBytes in all (the least recently freed go back to the
+// system first); allocations and frees are reported to the profiler like torch's own.
+// OMNIFAST_COMPOSITE_CACHE=0 turns the cache off (torch's allocator, as before).
+constexpr size_t kHuge = size_t(2) << 20;
+constexpr size_t kCacheMinBytes = size_t(4) << 20;
+constexpr size_t kCacheBytes = size_t(256) << 20;
+
+class OutputCache {
+ public:
+  static OutputCache& get() {
+    static OutputCache* cache = new OutputCache();  // never destroyed: tensors may outlive exit
+    return *cache;
+  }
+  static bool enabled() {
+    static const bool on = [] {
+      const char* env = std::getenv("OMNIFAST_COMPOSITE_CACHE");
+      return env == nullptr || std::strcmp(env, "0") != 0;
+    }();
+    return on;
+  }
+  void* take(size_t bytes) {
+    void* p = nullptr;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (auto it = free_.begin(); it != free_.end(); ++it) {
+        if (it->second == bytes) {
+          p = it->first;
+          cached_ -= bytes;
+          free_.erase(it);
+          break;
+        }
+      }
+      if (p != nullptr) in_use_ += bytes;
+    }
+    if (p == nullptr) {
+      if (posix_memalign(&p, kHuge, bytes) != 0) return nullptr;
+#ifdef MADV_HUGEPAGE
+      madvise(p, bytes, MADV_HUGEPAGE);
+#endif
+      std::lock_guard<std::mutex> lock(mu_);
+      in_use_ += bytes;
+    }
+    report(p, static_cast<int64_t>(bytes));
+    return p;
+  }
+  void give(void* p, size_t bytes) {
+    std::vector<void*> release;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      in_use_ -= bytes;
+      free_.emplace_back(p, bytes);  // most recently freed last
+      cached_ += bytes;
+      while (cached_ > kCacheBytes) {
+        release.push_back(free_.front().first);
+        cached_ -= free_.front().second;
+        free_.erase(free_.begin());
+      }
+    }
+    report(p, -static_cast<int64_t>(bytes));
+    for (void* q : release) std::free(q);
+  }
+  // Bytes of the blocks kept for reuse (not in use).
+  size_t cached() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return cached_;
+  }
+
+ private:
+  void report(void* p, int64_t delta) {
+    size_t in_use, reserved;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      in_use = in_use_;
+      reserved = in_use_ + cached_;
+    }
+    c10::reportMemoryUsageToProfiler(p, delta, in_use, reserved, c10::Device(c10::DeviceType::CPU));
+  }
+  std::mutex mu_;
+  std::vector<std::pair<void*, size_t>> free_;
+  size_t cached_ = 0, in_use_ = 0;
+};
+
+// An uninitialised output tensor: from the cache above for large CPU outputs, otherwise from
+// torch's allocator.
 at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  const int64_t numel = c10::multiply_integers(sizes);
+  const size_t nbytes = static_cast<size_t>(numel) * options.dtype().itemsize();
+  if (options.device().is_cpu() && nbytes >= kCacheMinBytes && OutputCache::enabled()) {
+    const size_t bytes = (nbytes + kHuge - 1) / kHuge * kHuge;
+    if (void* p = OutputCache::get().take(bytes)) {
+      return at::from_blob(
+          p, sizes, [bytes](void* q) { OutputCache::get().give(q, bytes); }, options);
+    }
+  }
   at::Tensor t = at::empty(sizes, options);
 #ifdef MADV_HUGEPAGE
-  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
-  const uintptr_t nbytes = static_cast<uintptr_t>(t.nbytes());
-  if (t.device().is_cpu() && nbytes >= 2 * kHuge) {
+  // Without the cache, at least ask for huge pages: with 4 KiB pages the first-touch faults
+  // of a fresh 56 MB buffer cost several times more than the kernel that fills it. madvise
+  // covers the 2 MiB-aligned interior; its failure changes nothing but speed.
+  const uintptr_t tbytes = static_cast<uintptr_t>(t.nbytes());
+  if (t.device().is_cpu() && tbytes >= 2 * kHuge) {
     const uintptr_t begin = reinterpret_cast<uintptr_t>(t.data_ptr());
-    const uintptr_t lo = (begin + kHuge - 1) & ~(kHuge - 1);
-    const uintptr_t hi = (begin + nbytes) & ~(kHuge - 1);
+    const uintptr_t lo = (begin + kHuge - 1) & ~(uintptr_t(kHuge) - 1);
+    const uintptr_t hi = (begin + tbytes) & ~(uintptr_t(kHuge) - 1);
     if (hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);
   }
 #endif
   return t;
 }
+
+}  // namespace
+
+int64_t composite_output_cache_bytes() {
+  return static_cast<int64_t>(OutputCache::get().cached());
+}
+
+namespace {
 
 #ifdef OMNIFAST_WITH_CUDA
 template <typename T>
@@ -246,6 +358,8 @@ void bind_composite(pybind11::module_& m) {
   m.def("occlusion_score", &composite::occlusion_score,
         "Sum of the compositing weights of samples nearer than a depth limit.", py::arg("sigma"),
         py::arg("depths"), py::arg("depth_limit"));
+  m.def("composite_output_cache_bytes", &composite::composite_output_cache_bytes,
+        "Bytes of freed CPU output blocks the compositing ops keep for reuse.");
 }
 
 }  // namespace omnifast

@@ -27,6 +27,9 @@ std::vector<at::Tensor> composite_bwd(const at::Tensor& sigma, const at::Tensor&
                                       int64_t value_mask_from, int64_t num_masked_near,
                                       bool need_dsigma, bool need_dvalues);
 
+// Bytes of freed CPU output blocks kept for reuse (composite.cpp, OutputCache).
+int64_t composite_output_cache_bytes();
+
 // argmax_k of the weights, first on ties. [R] int64
 at::Tensor composite_argmax(const at::Tensor& sigma);
 
