@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from omnifast.config import model_config_from_dict
-from omnifast.eval.run import breakdown, evaluate_tracks, synthetic_clips
+from omnifast.eval.run import score_tracks, synthetic_clips
 from omnifast.model.omnimotion import OmniMotion
 from omnifast.track import Tracker
 
@@ -38,11 +38,7 @@ def surface_index_per_layer(tracker: Tracker, clip) -> dict[int, float]:
 
 def score(tracker: Tracker, clip) -> dict:
     tracks, occluded = tracker.track(clip.query_points)
-    tracks, occluded = np.asarray(tracks, np.float64), np.asarray(occluded, bool)
-    h, w = clip.video.shape[1:3]
-    res = evaluate_tracks(clip.query_points, clip.tracks, clip.occluded, tracks, occluded,
-                          height=h, width=w, query_mode=clip.query_mode)
-    res.update(breakdown(clip, tracks, occluded))
+    res = score_tracks(clip, np.asarray(tracks, np.float64), np.asarray(occluded, bool))
     out = {"dAvg": float(np.mean(res["average_pts_within_thresh"])),
            "OA": float(np.mean(res["occlusion_accuracy"])),
            "AJ": float(np.mean(res["average_jaccard"]))}

@@ -355,6 +355,15 @@ def _log(msg: str, quiet: bool) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
+def score_tracks(clip: EvalClip, tracks: np.ndarray, occluded: np.ndarray) -> dict:
+    """TAP-Vid metrics of predicted tracks on a clip, plus the :func:`breakdown` subsets."""
+    h, w = clip.video.shape[1:3]
+    res = evaluate_tracks(clip.query_points, clip.tracks, clip.occluded, tracks, occluded,
+                          height=h, width=w, query_mode=clip.query_mode)
+    res.update(breakdown(clip, tracks, occluded))
+    return res
+
+
 def evaluate_clip(clip: EvalClip, *, fit_fn: Callable | None = None, preset: str = "cpu",
                   iters: int | None = None, seed: int = 0, out_dir: Path | None = None,
                   load: Path | None = None, baselines: Sequence[str] = tuple(BASELINES),
@@ -366,7 +375,6 @@ def evaluate_clip(clip: EvalClip, *, fit_fn: Callable | None = None, preset: str
     Returns:
         (per-method results {method: metrics + timings}, predictions {method: (tracks, occ)})
     """
-    h, w = clip.video.shape[1:3]
     results, preds = {}, {}
     if not skip_omnifast:
         t0 = time.perf_counter()
@@ -391,9 +399,7 @@ def evaluate_clip(clip: EvalClip, *, fit_fn: Callable | None = None, preset: str
         tr, occ = tracker.track(clip.query_points)
         track_s = time.perf_counter() - t1
         tr, occ = np.asarray(tr, np.float64), np.asarray(occ, bool)
-        res = evaluate_tracks(clip.query_points, clip.tracks, clip.occluded, tr, occ,
-                              height=h, width=w, query_mode=clip.query_mode)
-        res.update(breakdown(clip, tr, occ))
+        res = score_tracks(clip, tr, occ)
         info = getattr(tracker, "info", {}) or {}
         res.update(fit_seconds=fit_s, track_seconds=track_s,
                    steps=info.get("steps"), optimise_seconds=info.get("fit_seconds"))
@@ -402,9 +408,7 @@ def evaluate_clip(clip: EvalClip, *, fit_fn: Callable | None = None, preset: str
         t0 = time.perf_counter()
         tr, occ = BASELINES[name](clip.video, clip.query_points)
         dt = time.perf_counter() - t0
-        res = evaluate_tracks(clip.query_points, clip.tracks, clip.occluded, tr, occ,
-                              height=h, width=w, query_mode=clip.query_mode)
-        res.update(breakdown(clip, tr, occ))
+        res = score_tracks(clip, tr, occ)
         res.update(fit_seconds=0.0, track_seconds=dt)
         results[name], preds[name] = res, (tr, occ)
     return results, preds
