@@ -2,6 +2,7 @@
 #include "composite/composite.h"
 
 #include "common/checks.h"
+#include "common/env.h"
 #include "common/registry.h"
 #include "composite/composite_ray.h"
 
@@ -77,10 +78,7 @@ class OutputCache {
     return *cache;
   }
   static bool enabled() {
-    static const bool on = [] {
-      const char* env = std::getenv("OMNIFAST_COMPOSITE_CACHE");
-      return env == nullptr || std::strcmp(env, "0") != 0;
-    }();
+    static const bool on = omnifast::env_switch_on("OMNIFAST_COMPOSITE_CACHE");
     return on;
   }
   void* take(size_t bytes) {

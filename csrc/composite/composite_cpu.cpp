@@ -10,6 +10,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "common/env.h"
 #include "composite/composite.h"
 #include "composite/composite_ray.h"
 
@@ -199,10 +200,7 @@ inline void write_out(float* dst, const float* src, int64_t n, bool stream) {
 // faster for them (benchmarks/RESULTS.md). OMNIFAST_COMPOSITE_STREAM=0 turns streaming off.
 constexpr int64_t kStreamMinBytes = int64_t(32) << 20;
 bool stream_output(int64_t bytes) {
-  static const bool on = [] {
-    const char* env = std::getenv("OMNIFAST_COMPOSITE_STREAM");
-    return env == nullptr || std::strcmp(env, "0") != 0;
-  }();
+  static const bool on = omnifast::env_switch_on("OMNIFAST_COMPOSITE_STREAM");
   return on && bytes > kStreamMinBytes;
 }
 
