@@ -244,6 +244,14 @@ TILE_SHAPES = [
     ((9,), 129, 7),     # K above the tile limit: per-ray path
     ((30,), 20, 9),     # C above the tile limit: per-ray path
     ((600,), 32, 7),    # the training shape, several threads
+    # K a multiple of 8 without a value mask: whole tiles take the block backward, every C
+    ((21,), 16, 1),
+    ((19,), 24, 2),
+    ((17,), 8, 3),
+    ((23,), 16, 4),
+    ((18,), 40, 5),
+    ((25,), 8, 6),
+    ((9,), 128, 8),
 ]
 
 
@@ -282,6 +290,28 @@ def test_cpu_tiles_nan_stays_in_its_lane():
             assert has_nan, r
         elif r != 13:  # the Inf row: its NaN pattern is compared with the reference's above
             assert not has_nan and torch.isfinite(out[r]).all(), r
+
+
+@pytest.mark.skipif(not _has_cpu_kernels(), reason="omnifast._C not built")
+@pytest.mark.parametrize("C", [1, 3, 7, 8])
+def test_cpu_block_backward_matches_tile_backward_bitwise(C):
+    """Whole tiles of 8 rays (K a multiple of 8, no value mask) take the block backward, the
+    last partial tile the general tile backward. The same rays, shifted by 5 rows, move from
+    one kernel to the other: their gradients must be bit-identical."""
+    sigma, values, _, dout, dweights = _inputs((21,), 16, C, "cpu", torch.float32, seed=13)
+
+    def grads(lo, hi):
+        with omnifast.backend("cpu"):
+            s = sigma[lo:hi].clone().requires_grad_(True)
+            v = values[lo:hi].clone().requires_grad_(True)
+            out, w = composite(s, v, 2)
+            return torch.autograd.grad([out, w], [s, v], [dout[lo:hi], dweights[lo:hi]])
+
+    ds_a, dv_a = grads(0, 13)    # rays 0-7 block, 8-12 tile
+    ds_b, dv_b = grads(5, 21)    # rays 5-12 block, 13-20 block
+    assert torch.equal(ds_a[5:13], ds_b[:8]) and torch.equal(dv_a[5:13], dv_b[:8])
+    ds_c, dv_c = grads(13, 21)   # rays 13-20 block again, as the first tile
+    assert torch.equal(ds_b[8:], ds_c) and torch.equal(dv_b[8:], dv_c)
 
 
 @pytest.mark.skipif(not _has_cpu_kernels(), reason="omnifast._C not built")

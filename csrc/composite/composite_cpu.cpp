@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "common/env.h"
@@ -406,6 +407,155 @@ void bwd_tile(const TileParams& p, int64_t r0, int64_t nr, const ChannelMasks& c
   }
 }
 
+// ------------------------------------------------------------- float32 backward, whole tiles
+// The backward of a full tile of 8 rays when K is a multiple of 8, there is no value mask and
+// dvalues (if wanted) is 32-byte aligned: then every ray's value gradients start on a 32-byte
+// boundary, and 8 samples' gradients are C whole 8-float vectors. Those are built in registers
+// from the ray's 8 weights and its C upstream gradients by two fixed lane permutations
+// (sample j*C+c -> weight j, channel c) and written straight to dvalues, one ray after the
+// other (contiguous streaming stores, no staging copy). The forward sweep keeps exp(-sigma)
+// and the transmittance per sample (alpha is recomputed from exp(-sigma)); the reverse sweep
+// runs block by block from the end, with dL/dw and the upstream weight gradients transposed
+// into lanes per block and dsigma transposed back per block. The arithmetic per lane is the
+// same as bwd_tile's, in the same order (bit-identical results).
+
+// Lane permutations of one 8-sample block of C channels: vector q of the block holds, in lane l,
+// sample (8q + l) / C, channel (8q + l) % C.
+struct BlockPattern {
+  alignas(32) int32_t sample[kLanes][kLanes];
+  alignas(32) int32_t channel[kLanes][kLanes];
+  explicit BlockPattern(int64_t C) {
+    for (int q = 0; q < kLanes; ++q) {
+      for (int l = 0; l < kLanes; ++l) {
+        sample[q][l] = static_cast<int32_t>((kLanes * q + l) / C);
+        channel[q][l] = static_cast<int32_t>((kLanes * q + l) % C);
+      }
+    }
+  }
+  __m256i sample_idx(int q) const {
+    return _mm256_load_si256(reinterpret_cast<const __m256i*>(sample[q]));
+  }
+  __m256i channel_idx(int q) const {
+    return _mm256_load_si256(reinterpret_cast<const __m256i*>(channel[q]));
+  }
+};
+
+bool use_block_bwd(const TileParams& p, const float* dv) {
+  return p.m == nullptr && p.K % kLanes == 0 &&
+         (dv == nullptr || (reinterpret_cast<uintptr_t>(dv) & 31) == 0);
+}
+
+template <int CT>
+void bwd_block_tile(const TileParams& p, int64_t r0, const ChannelMasks& cm,
+                    const BlockPattern& pat, const float* go, const float* gw, float* scratch,
+                    float* ds, float* dv, bool stream_ds, bool stream) {
+  constexpr int64_t C = CT;
+  const int64_t K = p.K;
+  float* E = scratch;                // [K][8] exp(-sigma)
+  float* Tr = E + K * kLanes;        // [K][8] transmittance
+  float* Wrow = Tr + K * kLanes;     // [8][K] weights per ray
+  float* Grow = Wrow + K * kLanes;   // [8][K] dL/dw per ray
+  const __m256 one = _mm256_set1_ps(1.f), eps = _mm256_set1_ps(transmittance_eps<float>());
+  const __m256 zero = _mm256_setzero_ps();
+
+  const float* srow = p.s + r0 * K;
+  __m256 T = one;
+  for (int64_t kb = 0; kb < K; kb += kLanes) {
+    __m256 r[kLanes];
+    for (int i = 0; i < kLanes; ++i) r[i] = _mm256_loadu_ps(srow + i * K + kb);
+    transpose8(r);
+    for (int j = 0; j < kLanes; ++j) {
+      const int64_t k = kb + j;
+      const __m256 e = exp_neg_avx2(r[j]);
+      const __m256 a = _mm256_mul_ps(_mm256_sub_ps(one, e), k < p.num_near ? zero : one);
+      _mm256_storeu_ps(E + k * kLanes, e);
+      _mm256_storeu_ps(Tr + k * kLanes, T);
+      r[j] = _mm256_mul_ps(a, T);
+      T = _mm256_mul_ps(T, _mm256_add_ps(_mm256_sub_ps(one, a), eps));
+    }
+    transpose8(r);
+    for (int i = 0; i < kLanes; ++i) _mm256_storeu_ps(Wrow + i * K + kb, r[i]);
+  }
+
+  for (int64_t i = 0; i < kLanes; ++i) {
+    const float* vr = p.v + (r0 + i) * K * C;
+    const __m256 g0 = _mm256_maskload_ps(go + (r0 + i) * C, cm.all);
+    __m256 gpat[C];
+    for (int q = 0; q < C; ++q) gpat[q] = _mm256_permutevar8x32_ps(g0, pat.channel_idx(q));
+    float* dvr = dv != nullptr ? dv + (r0 + i) * K * C : nullptr;
+    const int64_t lim = (kLanes - i) * K * C - kLanes;  // loads past it end the tile: masked
+    for (int64_t kb = 0; kb < K; kb += kLanes) {
+      if (dvr != nullptr) {
+        const __m256 w = _mm256_loadu_ps(Wrow + i * K + kb);
+        for (int q = 0; q < C; ++q) {
+          const __m256 d = _mm256_mul_ps(_mm256_permutevar8x32_ps(w, pat.sample_idx(q)), gpat[q]);
+          if (stream) {
+            _mm256_stream_ps(dvr + kb * C + q * kLanes, d);
+          } else {
+            _mm256_store_ps(dvr + kb * C + q * kLanes, d);
+          }
+        }
+      }
+      if (ds != nullptr) {
+        __m256 prod[kLanes];
+        for (int j = 0; j < kLanes; ++j) {
+          const int64_t k = kb + j;
+          prod[j] = _mm256_mul_ps(cm.load(vr + k * C, k * C > lim), g0);
+        }
+        _mm256_storeu_ps(Grow + i * K + kb, hsum8(prod));
+      }
+    }
+  }
+  if (ds == nullptr) return;
+
+  __m256 U = zero;
+  float* dsr = ds + r0 * K;
+  for (int64_t kb = K - kLanes; kb >= 0; kb -= kLanes) {
+    __m256 g[kLanes], h[kLanes];
+    for (int i = 0; i < kLanes; ++i) g[i] = _mm256_loadu_ps(Grow + i * K + kb);
+    transpose8(g);
+    if (gw != nullptr) {
+      for (int i = 0; i < kLanes; ++i) h[i] = _mm256_loadu_ps(gw + (r0 + i) * K + kb);
+      transpose8(h);
+      for (int j = 0; j < kLanes; ++j) g[j] = _mm256_add_ps(g[j], h[j]);
+    }
+    for (int j = kLanes - 1; j >= 0; --j) {
+      const int64_t k = kb + j;
+      const __m256 keep = k < p.num_near ? zero : one;
+      const __m256 e = _mm256_loadu_ps(E + k * kLanes);
+      const __m256 a = _mm256_mul_ps(_mm256_sub_ps(one, e), keep);
+      const __m256 dalpha = _mm256_mul_ps(_mm256_loadu_ps(Tr + k * kLanes), _mm256_sub_ps(g[j], U));
+      h[j] = _mm256_mul_ps(_mm256_mul_ps(dalpha, e), keep);
+      U = _mm256_add_ps(_mm256_mul_ps(g[j], a),
+                        _mm256_mul_ps(_mm256_add_ps(_mm256_sub_ps(one, a), eps), U));
+    }
+    transpose8(h);
+    for (int i = 0; i < kLanes; ++i) {
+      float* dst = dsr + i * K + kb;
+      if (stream_ds && (reinterpret_cast<uintptr_t>(dst) & 31) == 0) {
+        _mm256_stream_ps(dst, h[i]);
+      } else {
+        _mm256_storeu_ps(dst, h[i]);
+      }
+    }
+  }
+}
+
+// bwd_block_tile for the channel count C (1 <= C <= 8).
+template <typename... Args>
+void bwd_block_tile_c(int64_t C, Args&&... args) {
+  switch (C) {
+    case 1: bwd_block_tile<1>(std::forward<Args>(args)...); break;
+    case 2: bwd_block_tile<2>(std::forward<Args>(args)...); break;
+    case 3: bwd_block_tile<3>(std::forward<Args>(args)...); break;
+    case 4: bwd_block_tile<4>(std::forward<Args>(args)...); break;
+    case 5: bwd_block_tile<5>(std::forward<Args>(args)...); break;
+    case 6: bwd_block_tile<6>(std::forward<Args>(args)...); break;
+    case 7: bwd_block_tile<7>(std::forward<Args>(args)...); break;
+    default: bwd_block_tile<8>(std::forward<Args>(args)...); break;
+  }
+}
+
 int64_t bwd_scratch_floats(int64_t K, int64_t C) {
   const int64_t Kp = (K + kLanes - 1) / kLanes * kLanes;
   return 6 * Kp * kLanes + kLanes * K * C + kLanes;
@@ -478,15 +628,22 @@ void composite_bwd_cpu(const at::Tensor& sigma, const at::Tensor& values,
     const bool stream_ds = stream_output(R * K * int64_t(sizeof(float)));
     const bool stream = stream_output(R * K * C * int64_t(sizeof(float)));
     const int64_t Kp = (K + kLanes - 1) / kLanes * kLanes;
+    const BlockPattern pattern(C);
     at::parallel_for(0, (R + kLanes - 1) / kLanes, kGrainTiles, [&](int64_t t0, int64_t t1) {
       const ChannelMasks cm(C, value_mask_from);
       TileScratch scratch(Kp + bwd_scratch_floats(K, C));
       float* zeros = scratch.ptr(0);
       std::fill(zeros, zeros + Kp, 0.f);
+      const bool block = use_block_bwd(p, dv);
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t r0 = t * kLanes;
-        bwd_tile(p, r0, std::min<int64_t>(kLanes, R - r0), cm, zeros, go, gw, scratch.ptr(Kp),
-                 ds, dv, stream_ds, stream);
+        if (block && r0 + kLanes <= R) {
+          bwd_block_tile_c(C, p, r0, cm, pattern, go, gw, scratch.ptr(Kp), ds, dv, stream_ds,
+                           stream);
+        } else {
+          bwd_tile(p, r0, std::min<int64_t>(kLanes, R - r0), cm, zeros, go, gw, scratch.ptr(Kp),
+                   ds, dv, stream_ds, stream);
+        }
       }
       if (stream || stream_ds) _mm_sfence();
     });
