@@ -679,20 +679,29 @@ void composite_bwd_cpu(const at::Tensor& sigma, const at::Tensor& values,
   });
 }
 
+namespace {
+// Calls fn(r, e) for every ray r, with e = exp(-sigma[r]) (K values), computed a tile of rays
+// at a time; rays are split over the OpenMP threads.
+template <typename scalar_t, typename Fn>
+void for_each_ray_exp(const scalar_t* s, int64_t R, int64_t K, Fn&& fn) {
+  at::parallel_for(0, R, kGrainRays, [&](int64_t begin, int64_t end) {
+    std::vector<scalar_t> e(kTileRays * K);
+    for (int64_t r0 = begin; r0 < end; r0 += kTileRays) {
+      const int64_t r1 = std::min(end, r0 + kTileRays);
+      exp_neg_tile(s + r0 * K, e.data(), (r1 - r0) * K);
+      for (int64_t r = r0; r < r1; ++r) fn(r, e.data() + (r - r0) * K);
+    }
+  });
+}
+}  // namespace
+
 void composite_argmax_cpu(const at::Tensor& sigma, at::Tensor& index) {
   const int64_t R = sigma.size(0), K = sigma.size(1);
   AT_DISPATCH_FLOATING_TYPES(sigma.scalar_type(), "composite_argmax_cpu", [&] {
     const scalar_t* s = sigma.data_ptr<scalar_t>();
     int64_t* idx = index.data_ptr<int64_t>();
-    at::parallel_for(0, R, kGrainRays, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> e(kTileRays * K);
-      for (int64_t r0 = begin; r0 < end; r0 += kTileRays) {
-        const int64_t r1 = std::min(end, r0 + kTileRays);
-        exp_neg_tile(s + r0 * K, e.data(), (r1 - r0) * K);
-        for (int64_t r = r0; r < r1; ++r) {
-          idx[r] = ray_argmax<scalar_t, scalar_t>(s + r * K, e.data() + (r - r0) * K, K);
-        }
-      }
+    for_each_ray_exp(s, R, K, [&](int64_t r, const scalar_t* e) {
+      idx[r] = ray_argmax<scalar_t, scalar_t>(s + r * K, e, K);
     });
   });
 }
@@ -705,16 +714,9 @@ void occlusion_score_cpu(const at::Tensor& sigma, const at::Tensor& depths,
     const scalar_t* d = depths.data_ptr<scalar_t>();
     const scalar_t* lim = depth_limit.data_ptr<scalar_t>();
     scalar_t* out = score.data_ptr<scalar_t>();
-    at::parallel_for(0, R, kGrainRays, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> e(kTileRays * K);
-      for (int64_t r0 = begin; r0 < end; r0 += kTileRays) {
-        const int64_t r1 = std::min(end, r0 + kTileRays);
-        exp_neg_tile(s + r0 * K, e.data(), (r1 - r0) * K);
-        for (int64_t r = r0; r < r1; ++r) {
-          out[r] = static_cast<scalar_t>(ray_occlusion<scalar_t, scalar_t>(
-              s + r * K, e.data() + (r - r0) * K, d + r * K, lim[r], K));
-        }
-      }
+    for_each_ray_exp(s, R, K, [&](int64_t r, const scalar_t* e) {
+      out[r] = static_cast<scalar_t>(ray_occlusion<scalar_t, scalar_t>(s + r * K, e, d + r * K,
+                                                                        lim[r], K));
     });
   });
 }
