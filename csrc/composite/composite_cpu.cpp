@@ -246,11 +246,12 @@ struct ChannelMasks {
   }
 };
 
-// Forward of the tile of rays [r0, r0 + nr).
+// Forward of the tile of rays [r0, r0 + nr), for CT = C channels (0: C at run time).
+template <int CT>
 void fwd_tile(const TileParams& p, int64_t r0, int64_t nr, const ChannelMasks& cm,
               const float* zeros, float* W, float* stage, float* out, float* weights,
               bool stream) {
-  const int64_t K = p.K, C = p.C;
+  const int64_t K = p.K, C = CT > 0 ? CT : p.C;
   float* E = stage;  // exp(-sigma) in lanes, then the weights' rows
   load_lanes(p.s + r0 * K, nr, K, zeros, E);
   const __m256 one = _mm256_set1_ps(1.f), eps = _mm256_set1_ps(transmittance_eps<float>());
@@ -579,11 +580,14 @@ void composite_fwd_cpu(const at::Tensor& sigma, const at::Tensor& values,
       TileScratch scratch(3 * Kp * kLanes);
       float* zeros = scratch.ptr(0);
       std::fill(zeros, zeros + Kp, 0.f);
-      for (int64_t t = t0; t < t1; ++t) {
-        const int64_t r0 = t * kLanes;
-        fwd_tile(p, r0, std::min<int64_t>(kLanes, R - r0), cm, zeros, scratch.ptr(Kp * kLanes),
-                 scratch.ptr(2 * Kp * kLanes), o, w, stream);
-      }
+      dispatch_channels(C, [&](auto ct) {
+        constexpr int CT = decltype(ct)::value;
+        for (int64_t t = t0; t < t1; ++t) {
+          const int64_t r0 = t * kLanes;
+          fwd_tile<CT>(p, r0, std::min<int64_t>(kLanes, R - r0), cm, zeros,
+                       scratch.ptr(Kp * kLanes), scratch.ptr(2 * Kp * kLanes), o, w, stream);
+        }
+      });
       if (stream) _mm_sfence();
     });
     return;
