@@ -34,7 +34,7 @@ struct Net {
   std::vector<S> mumu;      // |mu_kj|^2, [NL + 1, H]
   const S* fb;
   const S* gamma;
-  at::Tensor fw, mu;        // S: [NL + 1, H, D]
+  at::Tensor mu;            // S: [NL + 1, H, D]
   at::Tensor lin_w, out_w;  // G: [NL, H, H], [O, H]
   const S* lin_b;
   const S* out_b;
@@ -50,7 +50,8 @@ struct Work {
   at::Tensor yo, dyo;       // G: [T, O]
   at::Tensor gw;            // G: [max(H, O), H] low-precision weight-gradient product
   at::Tensor dx;            // S: [T, D]
-  std::vector<S> rs, cs;    // row and column sums
+  // per-thread filter gradients: W and mu transposed [NL + 1, D, H], colsum of dL/dd2 [NL + 1, H]
+  std::vector<S> gfwT, gmuT, csum;
 
   Work(const Net<S, G>& c, int64_t T) {
     auto so = at::TensorOptions().dtype(c10::CppTypeToScalarType<S>::value);
@@ -68,8 +69,9 @@ struct Work {
     dyo = at::empty({T, c.O}, go);
     gw = at::empty({std::max(c.H, c.O), c.H}, go);
     dx = at::empty({T, c.D}, so);
-    rs.resize(T);
-    cs.resize(c.H);
+    gfwT.assign((c.NL + 1) * c.D * c.H, S(0));
+    gmuT.assign((c.NL + 1) * c.D * c.H, S(0));
+    csum.assign((c.NL + 1) * c.H, S(0));
   }
 };
 
@@ -178,12 +180,13 @@ struct Grads {
   at::Tensor dfw, dfb, dmu, dgamma, dlin_w, dlin_b, dout_w, dout_b;  // [nthreads, ...], type S
 };
 
-// Backward of filter k for the tile, given dg = dL/dg_k [n, H] (S): accumulates the filter's
-// weight gradients and adds its input gradient to w.dx.
+// Backward of filter k for the tile, given dg = dL/dg_k [n, H] (S): adds the tile's input
+// gradient to w.dx and accumulates the filter's weight gradients, those of W_k and mu_k
+// transposed ([D, H], in w.gfwT / w.gmuT, folded into [H, D] once per thread) so that every
+// reduction runs along a row of H values while it is in L1.
 template <typename S, typename G>
 OMNIFAST_VECTORIZE void filter_bwd(const Net<S, G>& c, Work<S, G>& w, int64_t k, const S* x,
-                                   const at::Tensor& xt, int64_t n, const S* dg, at::Tensor dfw,
-                                   S* dfb, at::Tensor dmu, S* dgamma) {
+                                   int64_t n, const S* dg, S* dfb, S* dgamma) {
   const int64_t H = c.H, D = c.D;
   at::Tensor P = w.P.narrow(0, 0, n), Q = w.Q.narrow(0, 0, n);
   filter_args<S, G>(c, k, x, n, P.data_ptr<S>(), Q.data_ptr<S>(), w.D2.template data_ptr<S>());
@@ -194,43 +197,47 @@ OMNIFAST_VECTORIZE void filter_bwd(const Net<S, G>& c, Work<S, G>& w, int64_t k,
   const S* d2 = w.D2.template data_ptr<S>();
   const S* g = w.g.select(0, k).template data_ptr<S>();
   const S* gm = c.gamma + k * H;
-  S* cs = w.cs.data();
-#pragma omp simd
-  for (int64_t j = 0; j < H; ++j) cs[j] = 0;
+  S* cs = w.csum.data() + k * H;
+  S* dx = w.dx.template data_ptr<S>();
   for (int64_t i = 0; i < n; ++i) {
     S rsum = 0;
+    S* dpr = dp + i * H;
+    S* ddr = dd2 + i * H;
+    const S* gr = g + i * H;
+    const S* dgr = dg + i * H;
+    const S* d2r = d2 + i * H;
 #pragma omp simd reduction(+ : rsum)
     for (int64_t j = 0; j < H; ++j) {
-      const int64_t e = i * H + j;
-      const S gv = dg[e];
-      const S dq = gv * g[e];  // d/dq of sin(p) exp(q) is the filter's value
-      dp[e] = gv * dp[e] * dd2[e];
-      dgamma[j] += dq * (S(-0.5) * d2[e]);
+      const S gv = dgr[j];
+      const S dq = gv * gr[j];  // d/dq of sin(p) exp(q) is the filter's value
+      const S dpv = gv * dpr[j] * ddr[j];
+      dpr[j] = dpv;
+      dgamma[j] += dq * (S(-0.5) * d2r[j]);
       const S v = dq * S(-0.5) * gm[j];
-      dd2[e] = v;
+      ddr[j] = v;
       cs[j] += v;
-      dfb[j] += dp[e];
+      dfb[j] += dpv;
       rsum += v;
     }
-    w.rs[i] = rsum;
+    // p = x W^T + b: dW += dp^T x, dx += dp W; d2 = |x|^2 + |mu|^2 - 2 x mu^T:
+    // dx += 2 x rowsum(dd2) - 2 dd2 mu, dmu = 2 mu colsum(dd2) - 2 dd2^T x
+    for (int64_t d = 0; d < D; ++d) {
+      const S xd = x[i * D + d];
+      S* afw = w.gfwT.data() + (k * D + d) * H;
+      S* amu = w.gmuT.data() + (k * D + d) * H;
+      const S* fw = c.fwT.data() + (k * D + d) * H;
+      const S* mu = c.muT.data() + (k * D + d) * H;
+      S sa = 0, sb = 0;
+#pragma omp simd reduction(+ : sa, sb)
+      for (int64_t j = 0; j < H; ++j) {
+        afw[j] += dpr[j] * xd;
+        amu[j] += ddr[j] * xd;
+        sa += dpr[j] * fw[j];
+        sb += ddr[j] * mu[j];
+      }
+      dx[i * D + d] += sa + S(2) * xd * rsum - S(2) * sb;
+    }
   }
-  // sine argument: dW += dp^T x, dx += dp W
-  dfw.addmm_(P.t(), xt);
-  at::Tensor dx = w.dx.narrow(0, 0, n);
-  dx.addmm_(P, c.fw.select(0, k));
-  // d2 = |x|^2 + |mu|^2 - 2 x.mu: dmu = 2 mu colsum(dd2) - 2 dd2^T x, dx += 2 x rowsum(dd2)
-  // - 2 dd2 mu
-  S* gmu = dmu.data_ptr<S>();
-  const S* mu = c.mu.select(0, k).template data_ptr<S>();
-  for (int64_t j = 0; j < H; ++j) {
-    for (int64_t d = 0; d < D; ++d) gmu[j * D + d] += S(2) * mu[j * D + d] * cs[j];
-  }
-  dmu.addmm_(Q.t(), xt, 1, -2);
-  S* dxp = dx.data_ptr<S>();
-  for (int64_t i = 0; i < n; ++i) {
-    for (int64_t d = 0; d < D; ++d) dxp[i * D + d] += S(2) * x[i * D + d] * w.rs[i];
-  }
-  dx.addmm_(Q, c.mu.select(0, k), 1, -2);
 }
 
 template <typename S, typename G>
@@ -252,9 +259,6 @@ OMNIFAST_VECTORIZE void run_backward(const Net<S, G>& c, const S* dy, const S* x
       const int64_t i0 = ti * tile;
       const int64_t n = std::min(tile, c.M - i0);
       const S* xp = x + i0 * D;
-      // a [n, D] view of the tile's inputs for the filters' products (read only)
-      at::Tensor xt = at::from_blob(const_cast<S*>(xp), {n, D},
-                                    at::TensorOptions().dtype(c10::CppTypeToScalarType<S>::value));
       tile_forward<S, G>(c, w, xp, n);
       w.dx.narrow(0, 0, n).zero_();
       // output linear
@@ -296,15 +300,28 @@ OMNIFAST_VECTORIZE void run_backward(const Net<S, G>& c, const S* dy, const S* x
           }
         }
         acc_tn(dlin_w[k - 1], da, w.z.select(0, k - 1).narrow(0, 0, n), w.gw);
-        filter_bwd<S, G>(c, w, k, xp, xt, n, dz, dfw[k], dfb + k * H, dmu[k], dgamma + k * H);
+        filter_bwd<S, G>(c, w, k, xp, n, dz, dfb + k * H, dgamma + k * H);
         at::mm_out(mmt, da, c.lin_w.select(0, k - 1));
         const G* mp = mmt.template data_ptr<G>();
 #pragma omp simd
         for (int64_t e = 0; e < n * H; ++e) dz[e] = S(ld(mp[e]));
       }
-      filter_bwd<S, G>(c, w, 0, xp, xt, n, dz, dfw[0], dfb, dmu[0], dgamma);
+      filter_bwd<S, G>(c, w, 0, xp, n, dz, dfb, dgamma);
       const S* dxt = w.dx.template data_ptr<S>();
       std::copy(dxt, dxt + n * D, dx + i0 * D);
+    }
+    // the filters' W and mu gradients, back to [NL + 1, H, D]
+    S* gfw = dfw.data_ptr<S>();
+    S* gmu = dmu.data_ptr<S>();
+    const S* mu = c.mu.template data_ptr<S>();
+    for (int64_t k = 0; k <= NL; ++k) {
+      for (int64_t j = 0; j < H; ++j) {
+        for (int64_t d = 0; d < D; ++d) {
+          const int64_t e = (k * H + j) * D + d, t = (k * D + d) * H + j;
+          gfw[e] += w.gfwT[t];
+          gmu[e] += S(2) * mu[e] * w.csum[k * H + j] - S(2) * w.gmuT[t];
+        }
+      }
     }
   });
 }
@@ -318,7 +335,6 @@ Net<S, G> make_net(const GaborWeights& w, int64_t M) {
   c.NL = w.lin_w.size(0);
   c.O = w.out_w.size(0);
   c.gtype = c10::CppTypeToScalarType<G>::value;
-  c.fw = w.filt_w;
   c.mu = w.mu;
   at::Tensor fwT = w.filt_w.transpose(1, 2).contiguous(), muT = w.mu.transpose(1, 2).contiguous();
   c.fwT.assign(fwT.data_ptr<S>(), fwT.data_ptr<S>() + fwT.numel());
