@@ -41,20 +41,22 @@ void check(const at::Tensor& x, const GaborWeights& w, bool bf16, int64_t tile) 
               x.scalar_type());
 }
 
-at::Tensor fwd(const at::Tensor& x, const at::Tensor& filt_w, const at::Tensor& filt_b,
-               const at::Tensor& mu, const at::Tensor& gamma, const at::Tensor& lin_w,
-               const at::Tensor& lin_b, const at::Tensor& out_w, const at::Tensor& out_b,
-               bool bf16, int64_t tile) {
-  GaborWeights w{filt_w, filt_b, mu, gamma, lin_w, lin_b, out_w, out_b};
-  check(x, w, bf16, tile);
-  return gabor_net_fwd_cpu(x, w, bf16, tile);
-}
-
-std::vector<at::Tensor> bwd(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& filt_w,
+std::vector<at::Tensor> fwd(const at::Tensor& x, const at::Tensor& filt_w,
                             const at::Tensor& filt_b, const at::Tensor& mu,
                             const at::Tensor& gamma, const at::Tensor& lin_w,
                             const at::Tensor& lin_b, const at::Tensor& out_w,
-                            const at::Tensor& out_b, bool bf16, int64_t tile) {
+                            const at::Tensor& out_b, bool save, bool bf16, int64_t tile) {
+  GaborWeights w{filt_w, filt_b, mu, gamma, lin_w, lin_b, out_w, out_b};
+  check(x, w, bf16, tile);
+  return gabor_net_fwd_cpu(x, w, save, bf16, tile);
+}
+
+std::vector<at::Tensor> bwd(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& acts,
+                            const at::Tensor& filt_w, const at::Tensor& filt_b,
+                            const at::Tensor& mu, const at::Tensor& gamma,
+                            const at::Tensor& lin_w, const at::Tensor& lin_b,
+                            const at::Tensor& out_w, const at::Tensor& out_b, bool bf16,
+                            int64_t tile) {
   GaborWeights w{filt_w, filt_b, mu, gamma, lin_w, lin_b, out_w, out_b};
   check(x, w, bf16, tile);
   OMNIFAST_CHECK_CPU(dy);
@@ -63,7 +65,15 @@ std::vector<at::Tensor> bwd(const at::Tensor& dy, const at::Tensor& x, const at:
                   dy.scalar_type() == x.scalar_type(),
               "dy must be [", x.size(0), ", ", out_w.size(0), "] ", x.scalar_type(), ", got ",
               dy.sizes(), " ", dy.scalar_type());
-  return gabor_net_bwd_cpu(dy, x, w, bf16, tile);
+  const int64_t NL = lin_w.size(0), H = filt_w.size(1);
+  if (NL > 0 && x.size(0) > 0) {
+    TORCH_CHECK(acts.sizes() == at::IntArrayRef({NL, x.size(0), H}), "acts must be [", NL, ", ",
+                x.size(0), ", ", H, "], got ", acts.sizes());
+    TORCH_CHECK(acts.scalar_type() == x.scalar_type(), "acts must be ", x.scalar_type());
+    OMNIFAST_CHECK_CPU(acts);
+    OMNIFAST_CHECK_CONTIGUOUS(acts);
+  }
+  return gabor_net_bwd_cpu(dy, x, acts, w, bf16, tile);
 }
 
 }  // namespace
@@ -71,13 +81,15 @@ std::vector<at::Tensor> bwd(const at::Tensor& dy, const at::Tensor& x, const at:
 
 void bind_gabor(pybind11::module_& m) {
   using namespace pybind11::literals;
-  m.def("gabor_net_fwd", &gabor::fwd, "Fused GaborNet on CPU inputs [M, D]: returns [M, O]",
+  m.def("gabor_net_fwd", &gabor::fwd,
+        "Fused GaborNet on CPU inputs [M, D]: returns [y [M, O], the hidden linears' outputs "
+        "[NL, M, H] or empty]",
         "x"_a, "filt_w"_a, "filt_b"_a, "mu"_a, "gamma"_a, "lin_w"_a, "lin_b"_a, "out_w"_a,
-        "out_b"_a, "bf16"_a, "tile"_a);
+        "out_b"_a, "save"_a, "bf16"_a, "tile"_a);
   m.def("gabor_net_bwd", &gabor::bwd,
-        "Backward of the fused GaborNet, recomputing the activations from x: "
+        "Backward of the fused GaborNet from x and the saved linear outputs: "
         "[dx, dfilt_w, dfilt_b, dmu, dgamma, dlin_w, dlin_b, dout_w, dout_b]",
-        "dy"_a, "x"_a, "filt_w"_a, "filt_b"_a, "mu"_a, "gamma"_a, "lin_w"_a, "lin_b"_a,
+        "dy"_a, "x"_a, "acts"_a, "filt_w"_a, "filt_b"_a, "mu"_a, "gamma"_a, "lin_w"_a, "lin_b"_a,
         "out_w"_a, "out_b"_a, "bf16"_a, "tile"_a);
 }
 

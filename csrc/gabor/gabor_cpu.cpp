@@ -5,8 +5,9 @@
 // argument q = -0.5 gamma_k (|x|^2 + |mu_k|^2 - 2 x mu_k^T) are loops over the D inputs (D = 3
 // for the colour network); sin and exp run through ATen's vectorized kernels on the [T, H] tile
 // buffers. The hidden and output linears are matrix products on per-thread buffers
-// (common/cpu_tile.h). The backward recomputes the tile's activations from x, then runs the chain
-// rule down the network; the filters' weight gradients are small products with the [T, D] input,
+// (common/cpu_tile.h). The forward keeps the hidden linears' outputs a_k ([NL, M, H], H values
+// per point and linear); the backward recomputes the filters from x and z_k = g_k a_k from them
+// (elementwise, no product), then runs the chain rule down the network; the filters' weight gradients are small products with the [T, D] input,
 // all weight gradients accumulate in per-thread buffers summed at the end.
 //
 // bf16 mode: the hidden and output products take bf16 operands (activations, gradients of
@@ -123,7 +124,10 @@ OMNIFAST_VECTORIZE void filter_args(const Net<S, G>& c, int64_t k, const S* __re
 
 // The tile's forward: g_k and a_k (S) and z_k (G) for every layer; returns z_NL.
 template <typename S, typename G>
-OMNIFAST_VECTORIZE void tile_forward(const Net<S, G>& c, Work<S, G>& w, const S* x, int64_t n) {
+// `acts` ([NL, M, H], rows from i0, or null): with `from_saved` the linear outputs a_k are read
+// from it (no product is recomputed), otherwise they are computed and, if acts is given, stored.
+OMNIFAST_VECTORIZE void tile_forward(const Net<S, G>& c, Work<S, G>& w, const S* x, int64_t i0,
+                                     int64_t n, S* acts, bool from_saved) {
   const int64_t H = c.H;
   at::Tensor P = w.P.narrow(0, 0, n), Q = w.Q.narrow(0, 0, n);
   for (int64_t k = 0; k <= c.NL; ++k) {
@@ -139,11 +143,18 @@ OMNIFAST_VECTORIZE void tile_forward(const Net<S, G>& c, Work<S, G>& w, const S*
       for (int64_t e = 0; e < n * H; ++e) st(zk[e], gp[e]);
       continue;
     }
+    S* ap = w.a.select(0, k - 1).narrow(0, 0, n).template data_ptr<S>();
+    S* saved = acts ? acts + ((k - 1) * c.M + i0) * H : nullptr;
+    if (from_saved) {
+      std::copy(saved, saved + n * H, ap);
+#pragma omp simd
+      for (int64_t e = 0; e < n * H; ++e) st(zk[e], gp[e] * ap[e]);
+      continue;
+    }
     // a_k = z_{k-1} W^T + b (the product rounded to G, as the reference's linear), z_k = g_k a_k
     at::Tensor mmt = w.mm.narrow(0, 0, n);
     mm_nt(mmt, w.z.select(0, k - 1).narrow(0, 0, n), c.lin_w.select(0, k - 1));
     const G* mp = mmt.template data_ptr<G>();
-    S* ap = w.a.select(0, k - 1).narrow(0, 0, n).template data_ptr<S>();
     const S* lb = c.lin_b + (k - 1) * H;
     for (int64_t i = 0; i < n; ++i) {
 #pragma omp simd
@@ -153,11 +164,12 @@ OMNIFAST_VECTORIZE void tile_forward(const Net<S, G>& c, Work<S, G>& w, const S*
         st(zk[i * H + j], gp[i * H + j] * av);
       }
     }
+    if (saved) std::copy(ap, ap + n * H, saved);
   }
 }
 
 template <typename S, typename G>
-void run_forward(const Net<S, G>& c, const S* x, S* y, int64_t tile) {
+void run_forward(const Net<S, G>& c, const S* x, S* y, S* acts, int64_t tile) {
   const int64_t ntiles = (c.M + tile - 1) / tile;
   at::parallel_for(0, ntiles, 1, [&](int64_t t0, int64_t t1) {
     c10::InferenceMode guard;
@@ -165,7 +177,7 @@ void run_forward(const Net<S, G>& c, const S* x, S* y, int64_t tile) {
     for (int64_t ti = t0; ti < t1; ++ti) {
       const int64_t i0 = ti * tile;
       const int64_t n = std::min(tile, c.M - i0);
-      tile_forward<S, G>(c, w, x + i0 * c.D, n);
+      tile_forward<S, G>(c, w, x + i0 * c.D, i0, n, acts, /*from_saved=*/false);
       at::Tensor yo = w.yo.narrow(0, 0, n);
       mm_nt(yo, w.z.select(0, c.NL).narrow(0, 0, n), c.out_w);
       const G* yp = yo.template data_ptr<G>();
@@ -241,8 +253,8 @@ OMNIFAST_VECTORIZE void filter_bwd(const Net<S, G>& c, Work<S, G>& w, int64_t k,
 }
 
 template <typename S, typename G>
-OMNIFAST_VECTORIZE void run_backward(const Net<S, G>& c, const S* dy, const S* x, S* dx,
-                                     Grads& gr, int64_t tile) {
+OMNIFAST_VECTORIZE void run_backward(const Net<S, G>& c, const S* dy, const S* x, S* acts,
+                                     S* dx, Grads& gr, int64_t tile) {
   const int64_t ntiles = (c.M + tile - 1) / tile;
   const int64_t H = c.H, D = c.D, O = c.O, NL = c.NL;
   at::parallel_for(0, ntiles, 1, [&](int64_t t0, int64_t t1) {
@@ -259,7 +271,7 @@ OMNIFAST_VECTORIZE void run_backward(const Net<S, G>& c, const S* dy, const S* x
       const int64_t i0 = ti * tile;
       const int64_t n = std::min(tile, c.M - i0);
       const S* xp = x + i0 * D;
-      tile_forward<S, G>(c, w, xp, n);
+      tile_forward<S, G>(c, w, xp, i0, n, acts, /*from_saved=*/true);
       w.dx.narrow(0, 0, n).zero_();
       // output linear
       at::Tensor dyo = w.dyo.narrow(0, 0, n);
@@ -367,19 +379,24 @@ void with_net(const at::Tensor& x, bool bf16, const GaborWeights& w, Fn&& fn) {
 
 }  // namespace
 
-at::Tensor gabor_net_fwd_cpu(const at::Tensor& x, const GaborWeights& w, bool bf16,
-                             int64_t tile) {
-  at::Tensor y = at::empty({x.size(0), w.out_w.size(0)}, x.options());
-  if (x.size(0) == 0) return y;
+std::vector<at::Tensor> gabor_net_fwd_cpu(const at::Tensor& x, const GaborWeights& w,
+                                          bool save, bool bf16, int64_t tile) {
+  const int64_t M = x.size(0), NL = w.lin_w.size(0), H = w.filt_w.size(1);
+  at::Tensor y = at::empty({M, w.out_w.size(0)}, x.options());
+  at::Tensor acts = save ? at::empty({NL, M, H}, x.options()) : at::empty({0}, x.options());
+  if (M == 0) return {y, acts};
+  if (acts.numel() > 0) advise_huge_pages(acts);
   with_net(x, bf16, w, [&](auto& c) {
     using S = std::remove_cv_t<std::remove_pointer_t<decltype(c.fb)>>;
-    run_forward(c, x.data_ptr<S>(), y.data_ptr<S>(), tile);
+    run_forward(c, x.data_ptr<S>(), y.data_ptr<S>(),
+                acts.numel() > 0 ? acts.data_ptr<S>() : nullptr, tile);
   });
-  return y;
+  return {y, acts};
 }
 
 std::vector<at::Tensor> gabor_net_bwd_cpu(const at::Tensor& dy, const at::Tensor& x,
-                                          const GaborWeights& w, bool bf16, int64_t tile) {
+                                          const at::Tensor& acts, const GaborWeights& w,
+                                          bool bf16, int64_t tile) {
   const int64_t nt = std::max<int64_t>(1, at::get_num_threads());
   auto per_thread = [&](const at::Tensor& p) {
     std::vector<int64_t> sz{nt};
@@ -392,7 +409,8 @@ std::vector<at::Tensor> gabor_net_bwd_cpu(const at::Tensor& dy, const at::Tensor
   if (x.size(0) > 0) {
     with_net(x, bf16, w, [&](auto& c) {
       using S = std::remove_cv_t<std::remove_pointer_t<decltype(c.fb)>>;
-      run_backward(c, dy.data_ptr<S>(), x.data_ptr<S>(), dx.data_ptr<S>(), g, tile);
+      run_backward(c, dy.data_ptr<S>(), x.data_ptr<S>(),
+                   acts.numel() > 0 ? acts.data_ptr<S>() : nullptr, dx.data_ptr<S>(), g, tile);
     });
   }
   return {dx,              g.dfw.sum(0),    g.dfb.sum(0),    g.dmu.sum(0),   g.dgamma.sum(0),

@@ -48,18 +48,19 @@ CPU_TILE = 512
 #: point and layer at H = 256, 1/3 of the recompute) and costs H values per point and layer,
 #: fp32 (bf16 in the bf16 mode): 6 KiB (3 KiB) per point and direction at the omnimotion widths.
 #: K = 0 recomputes everything from the ``[L, M, 3]`` coordinates (the least memory, the Triton
-#: design). The defaults are measured (benchmarks/RESULTS.md, "coupling_stack"): they are the
-#: largest that keep the whole training step under half the reference's peak memory. The
-#: environment variable ``OMNIFAST_CPU_SAVE_HIDDEN`` (``K`` or ``fp32=K,bf16=K``) overrides them.
-CPU_SAVE_HIDDEN = {"fp32": 1, "bf16": 2}
+#: design). The defaults keep all of them (3 at the omnimotion depth): with the affine pre-layer
+#: and the colour network fused, the whole training step stays at about a third of the
+#: reference's peak memory with them (benchmarks/RESULTS.md, "coupling_stack"). The environment
+#: variable ``OMNIFAST_CPU_SAVE_HIDDEN`` (``K`` or ``fp32=K,bf16=K``) overrides them.
+CPU_SAVE_HIDDEN = {"fp32": 3, "bf16": 3}
 
 
 #: The same for the affine pre-layer's CPU kernel: how many of its top hidden activations
 #: h[NH + 1 - K .. NH] (K in 0..NH + 1, 7 at the omnimotion depth) the forward keeps, each saving
 #: one ``H x H`` recompute product (65,536 MAC per point) for H values per point (1 KiB fp32,
-#: 512 bytes bf16). Measured defaults (benchmarks/RESULTS.md, "coupling_stack"); environment
-#: variable ``OMNIFAST_CPU_AFFINE_SAVE_HIDDEN``, same syntax.
-CPU_AFFINE_SAVE_HIDDEN = {"fp32": 0, "bf16": 0}
+#: 512 bytes bf16). The defaults keep all of them (no recompute), measured within the memory
+#: target as above; environment variable ``OMNIFAST_CPU_AFFINE_SAVE_HIDDEN``, same syntax.
+CPU_AFFINE_SAVE_HIDDEN = {"fp32": 7, "bf16": 7}
 
 
 def _save_hidden_from_env(text: str, defaults: dict[str, int] | None = None,

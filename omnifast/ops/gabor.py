@@ -4,9 +4,9 @@ Backends: ``"torch"`` (:func:`omnifast.reference.gabor_net_ref`) and ``"cpu"``, 
 (csrc/gabor/), fp32 and fp64 plus the bf16 matmul mode (the hidden and output products on bf16
 operands with fp32 accumulation; the filters stay fp32, as in the reference). Per tile of points
 the CPU kernel computes every filter, product and elementwise step with the tile's activations in
-cache; its backward recomputes them from the inputs (``[M, D]``, three numbers per point for the
-colour network), the only per-point tensor it keeps. The reference keeps a dozen ``[M, H]``
-tensors per layer and runs each elementwise step as a separate pass over memory.
+cache; it keeps the inputs and the hidden linears' outputs (NL values of width H per point) for
+the backward, which recomputes the filters from them. The reference keeps about a dozen
+``[M, H]`` tensors per layer and runs each elementwise step as a separate pass over memory.
 """
 
 from __future__ import annotations
@@ -19,27 +19,34 @@ from omnifast.reference.gabor import GaborParams, gabor_net_ref
 
 register("gabor_net", "torch")(gabor_net_ref)
 
-#: points per tile of the CPU kernel; per-thread working set ~ (4 NL + 10) * H * tile * 4 bytes
-#: (2.4 MB at the colour network's H = 512, NL = 3).
-CPU_GABOR_TILE = 64
+#: points per tile of the CPU kernel; per-thread working set ~ (3 NL + 9) * H * tile * 4 bytes
+#: (4.7 MB at the colour network's H = 512, NL = 3: in L3; larger tiles amortize the products'
+#: packing of the 512 x 512 weights).
+CPU_GABOR_TILE = 128
 
 
 class GaborNetFunction(torch.autograd.Function):
-    """Autograd wrapper of the fused CPU GaborNet (saves the inputs only)."""
+    """Autograd wrapper of the fused CPU GaborNet.
+
+    Saves the inputs and the hidden linears' outputs ``[NL, M, H]`` (H values per point and
+    linear, in x's dtype): the backward recomputes the filters and the products g_k a_k from them,
+    elementwise, and runs no forward matrix product again.
+    """
 
     @staticmethod
     def forward(ctx, x, filt_w, filt_b, mu, gamma, lin_w, lin_b, out_w, out_b, bf16, tile):
         ws = (filt_w, filt_b, mu, gamma, lin_w, lin_b, out_w, out_b)
-        y = load_extension().gabor_net_fwd(x, *ws, bf16, tile)
-        ctx.save_for_backward(x, *ws)
+        save = any(ctx.needs_input_grad[:9])
+        y, acts = load_extension().gabor_net_fwd(x, *ws, save, bf16, tile)
+        ctx.save_for_backward(x, acts, *ws)
         ctx.cfg = (bf16, tile)
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        x, *ws = ctx.saved_tensors
+        x, acts, *ws = ctx.saved_tensors
         bf16, tile = ctx.cfg
-        grads = load_extension().gabor_net_bwd(dy.contiguous(), x, *ws, bf16, tile)
+        grads = load_extension().gabor_net_bwd(dy.contiguous(), x, acts, *ws, bf16, tile)
         return (*grads, None, None)
 
 
