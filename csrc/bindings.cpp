@@ -55,4 +55,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Digest of the csrc/ sources this module was built from.");
   omnifast::bind_composite(m);
   omnifast::bind_bijection(m);
+  omnifast::bind_gabor(m);
 }

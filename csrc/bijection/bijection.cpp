@@ -120,6 +120,78 @@ std::vector<at::Tensor> bwd(const at::Tensor& dy, const at::Tensor& saved,
                                 tile);
 }
 
+void check_affine(const at::Tensor& x, const at::Tensor& t, const AffineWeights& w,
+                  int64_t n_freq) {
+  OMNIFAST_CHECK_CPU(x);
+  OMNIFAST_CHECK_CONTIGUOUS(x);
+  OMNIFAST_CHECK_FLOAT(x);
+  TORCH_CHECK(x.dim() == 2 && x.size(1) == 3, "x must be [M, 3], got ", x.sizes());
+  OMNIFAST_CHECK_DIM(w.w0, 2);
+  OMNIFAST_CHECK_DIM(w.w_hid, 3);
+  const int64_t H = w.w0.size(0), E = w.w0.size(1), NH = w.w_hid.size(0);
+  TORCH_CHECK(n_freq >= 0 && E == 2 * n_freq + 2, "w0 must be [H, 2 * n_freq + 2] = [", H, ", ",
+              2 * n_freq + 2, "], got ", w.w0.sizes());
+  auto expect = [&](const at::Tensor& p, const char* name, at::IntArrayRef shape) {
+    TORCH_CHECK(p.sizes() == shape, name, " must have shape ", shape, ", got ", p.sizes());
+    TORCH_CHECK(p.scalar_type() == x.scalar_type(), name, " must be ", x.scalar_type(),
+                " like x, got ", p.scalar_type());
+    OMNIFAST_CHECK_CPU(p);
+    OMNIFAST_CHECK_CONTIGUOUS(p);
+  };
+  expect(t, "t", {x.size(0)});
+  expect(w.b0, "b0", {H});
+  expect(w.w_hid, "w_hid", {NH, H, H});
+  expect(w.b_hid, "b_hid", {NH, H});
+  expect(w.w_out, "w_out", {5, H});
+  expect(w.b_out, "b_out", {5});
+}
+
+std::vector<at::Tensor> affine_fwd(const at::Tensor& x, const at::Tensor& t, const at::Tensor& w0,
+                                   const at::Tensor& b0, const at::Tensor& w_hid,
+                                   const at::Tensor& b_hid, const at::Tensor& w_out,
+                                   const at::Tensor& b_out, int64_t n_freq, bool inverse,
+                                   int64_t save_hidden, bool bf16, int64_t tile) {
+  AffineWeights w{w0, b0, w_hid, b_hid, w_out, b_out};
+  check_affine(x, t, w, n_freq);
+  TORCH_CHECK(tile > 0, "tile must be positive, got ", tile);
+  TORCH_CHECK(!bf16 || x.scalar_type() == at::kFloat, "bf16 mode needs float32 inputs, got ",
+              x.scalar_type());
+  const int64_t NH = w_hid.size(0);
+  TORCH_CHECK(save_hidden >= 0 && save_hidden <= NH + 1, "save_hidden must be in [0, ", NH + 1,
+              "], got ", save_hidden);
+  return affine_fwd_cpu(x, t, w, n_freq, inverse, save_hidden, bf16, tile);
+}
+
+std::vector<at::Tensor> affine_bwd(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& t,
+                                   const at::Tensor& acts, const at::Tensor& w0,
+                                   const at::Tensor& b0, const at::Tensor& w_hid,
+                                   const at::Tensor& b_hid, const at::Tensor& w_out,
+                                   const at::Tensor& b_out, int64_t n_freq, bool inverse,
+                                   bool bf16, int64_t tile) {
+  AffineWeights w{w0, b0, w_hid, b_hid, w_out, b_out};
+  check_affine(x, t, w, n_freq);
+  OMNIFAST_CHECK_CPU(dy);
+  OMNIFAST_CHECK_CONTIGUOUS(dy);
+  TORCH_CHECK(dy.sizes() == x.sizes() && dy.scalar_type() == x.scalar_type(),
+              "dy must be like x ", x.sizes(), " ", x.scalar_type(), ", got ", dy.sizes(), " ",
+              dy.scalar_type());
+  TORCH_CHECK(tile > 0, "tile must be positive, got ", tile);
+  TORCH_CHECK(!bf16 || x.scalar_type() == at::kFloat, "bf16 mode needs float32 inputs, got ",
+              x.scalar_type());
+  if (acts.numel() > 0) {
+    const int64_t NH = w_hid.size(0), H = w0.size(0);
+    TORCH_CHECK(acts.dim() == 3 && acts.size(0) <= NH + 1 && acts.size(1) == x.size(0) &&
+                    acts.size(2) == H,
+                "acts must be [K <= ", NH + 1, ", ", x.size(0), ", ", H, "], got ", acts.sizes());
+    const at::ScalarType gtype = bf16 ? at::kBFloat16 : x.scalar_type();
+    TORCH_CHECK(acts.scalar_type() == gtype, "acts must be ", gtype, ", got ",
+                acts.scalar_type());
+    OMNIFAST_CHECK_CPU(acts);
+    OMNIFAST_CHECK_CONTIGUOUS(acts);
+  }
+  return affine_bwd_cpu(dy, x, t, acts, w, n_freq, inverse, bf16, tile);
+}
+
 }  // namespace
 }  // namespace bijection
 
@@ -138,6 +210,16 @@ void bind_bijection(pybind11::module_& m) {
         "dy"_a, "saved"_a, "acts"_a, "frame_idx"_a, "frame_bias"_a, "proj_w"_a, "proj_b"_a,
         "w_in_h"_a, "w_hid"_a, "b_hid"_a, "w_out"_a, "b_out"_a, "coords"_a, "n_freq"_a, "inverse"_a,
         "bf16"_a, "tile"_a);
+  m.def("affine_fwd", &bijection::affine_fwd,
+        "Fused affine pre-layer on CPU points: returns [y [M, 3], saved top hidden activations "
+        "[save_hidden, M, H] or empty]",
+        "x"_a, "t"_a, "w0"_a, "b0"_a, "w_hid"_a, "b_hid"_a, "w_out"_a, "b_out"_a, "n_freq"_a,
+        "inverse"_a, "save_hidden"_a, "bf16"_a, "tile"_a);
+  m.def("affine_bwd", &bijection::affine_bwd,
+        "Backward of the fused affine pre-layer, recomputing the MLP below the saved "
+        "activations from x and t: [dx, dt, dw0, db0, dw_hid, db_hid, dw_out, db_out]",
+        "dy"_a, "x"_a, "t"_a, "acts"_a, "w0"_a, "b0"_a, "w_hid"_a, "b_hid"_a, "w_out"_a,
+        "b_out"_a, "n_freq"_a, "inverse"_a, "bf16"_a, "tile"_a);
 }
 
 }  // namespace omnifast

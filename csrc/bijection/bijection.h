@@ -38,5 +38,27 @@ std::vector<at::Tensor> coupling_stack_bwd_cpu(const at::Tensor& dy, const at::T
                                                int64_t n_freq, bool inverse, bool bf16,
                                                int64_t tile);
 
+// The affine pre-layer (omnifast.reference.affine_ref), CPU kernels. With M points, E = 2 *
+// n_freq + 2 encoded inputs, H hidden width and NH extra hidden layers (the MLP has NH + 2
+// linears and NH + 1 hidden activations h_0..h_NH):
+//   x, dy: [M, 3]; t: [M]; w0: [H, E]; b0: [H]; w_hid: [NH, H, H]; b_hid: [NH, H];
+//   w_out: [5, H]; b_out: [5]
+//   acts: [K, M, H], optionally, the top K hidden activations h_{NH+1-K}..h_NH in the product
+//   dtype (K = save_hidden in 0..NH + 1); the backward recomputes the others from x and t.
+struct AffineWeights {
+  at::Tensor w0, b0, w_hid, b_hid, w_out, b_out;
+};
+
+// Returns {y [M, 3], acts [save_hidden, M, H] (empty when save_hidden == 0)}.
+std::vector<at::Tensor> affine_fwd_cpu(const at::Tensor& x, const at::Tensor& t,
+                                       const AffineWeights& w, int64_t n_freq, bool inverse,
+                                       int64_t save_hidden, bool bf16, int64_t tile);
+
+// Returns {dx, dt, dw0, db0, dw_hid, db_hid, dw_out, db_out}.
+std::vector<at::Tensor> affine_bwd_cpu(const at::Tensor& dy, const at::Tensor& x,
+                                       const at::Tensor& t, const at::Tensor& acts,
+                                       const AffineWeights& w, int64_t n_freq, bool inverse,
+                                       bool bf16, int64_t tile);
+
 }  // namespace bijection
 }  // namespace omnifast

@@ -16,6 +16,7 @@
 // update and all gradient accumulators stay fp32. This mirrors omnifast.reference.linear's
 // "bf16" precision.
 #include "bijection/bijection.h"
+#include "common/cpu_tile.h"
 
 #include <ATen/Parallel.h>
 #include <c10/core/InferenceMode.h>
@@ -28,13 +29,11 @@
 #include <cstring>
 #include <type_traits>
 
-#ifdef __linux__
-#include <sys/mman.h>
-#endif
-
 namespace omnifast {
 namespace bijection {
 namespace {
+
+using namespace cpu_tile;  // NOLINT(build/namespaces)
 
 // Phase timers of the CPU kernels, on when OMNIFAST_BIJ_PROFILE is set: per thread, the time
 // spent in the matrix products of the (re)computed forward, in its elementwise work, in the
@@ -62,50 +61,6 @@ struct Lap {
 constexpr double kSClamp = 8.0;
 constexpr double kSlope = 0.01;
 
-
-// The elementwise loops below compare floats (LeakyReLU and its derivative); GCC if-converts,
-// and so vectorizes, such loops only without trapping math, which these loops never rely on.
-#define OMNIFAST_VECTORIZE __attribute__((optimize("no-trapping-math")))
-
-// Loads and stores of the product dtype. bf16 is converted by hand (round to nearest even,
-// no NaN special case: activations are finite) so that the loops below vectorize.
-OMNIFAST_VECTORIZE inline float ld(float v) { return v; }
-OMNIFAST_VECTORIZE inline double ld(double v) { return v; }
-OMNIFAST_VECTORIZE inline float ld(c10::BFloat16 v) {
-  const uint32_t u = uint32_t(v.x) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-OMNIFAST_VECTORIZE inline void st(float& d, float v) { d = v; }
-OMNIFAST_VECTORIZE inline void st(double& d, double v) { d = v; }
-OMNIFAST_VECTORIZE inline void st(c10::BFloat16& d, float v) {
-  uint32_t u;
-  std::memcpy(&u, &v, 4);
-  u += 0x7FFFu + ((u >> 16) & 1u);
-  d.x = uint16_t(u >> 16);
-}
-
-// x[j] = leaky(x[j] + bias[j]) for a row of n values.
-template <typename S, typename G>
-OMNIFAST_VECTORIZE void bias_leaky_row(G* __restrict x, const S* __restrict bias, int64_t n) {
-#pragma omp simd
-  for (int64_t j = 0; j < n; ++j) {
-    const S v = S(ld(x[j])) + bias[j];
-    st(x[j], v > S(0) ? v : v * S(kSlope));
-  }
-}
-
-// d[j] *= leaky'(pre[j]) for n values; the derivative is read from the layer's output post,
-// which is > 0 exactly when pre > 0.
-template <typename S, typename G>
-OMNIFAST_VECTORIZE void mul_leaky_grad(G* __restrict d, const G* __restrict post, int64_t n) {
-#pragma omp simd
-  for (int64_t j = 0; j < n; ++j) {
-    const S g = S(ld(d[j]));
-    st(d[j], S(ld(post[j])) > S(0) ? g : g * S(kSlope));
-  }
-}
 
 // The encoding rows [u_a, u_b, sin(w u_a), cos(w u_a), sin(w u_b), cos(w u_b)] of n points.
 template <typename S, typename G>
@@ -182,18 +137,6 @@ OMNIFAST_VECTORIZE void out_layer_bwd_row(const G* __restrict z, const S* __rest
     const S gz = ds * ws[j] + dt * wt[j];
     st(d[j], v > S(0) ? gz : gz * S(kSlope));
   }
-}
-
-// acc[j] += d[j] for n values.
-template <typename S, typename G>
-OMNIFAST_VECTORIZE inline void add_row(S* __restrict acc, const G* __restrict d, int64_t n) {
-#pragma omp simd
-  for (int64_t j = 0; j < n; ++j) acc[j] += S(ld(d[j]));
-}
-
-// out = a @ w^T (a: [n, k], w: [m, k], out: [n, m]).
-inline void mm_nt(at::Tensor& out, const at::Tensor& a, const at::Tensor& w) {
-  at::mm_out(out, a, w.t());
 }
 
 template <typename S, typename G>
@@ -292,7 +235,7 @@ void layer_net(const Stack<S, G>& c, Work<S, G>& w, int64_t l, int64_t i0, int64
   {
     G* h = h0_t.template data_ptr<G>();
     const S* pb = c.proj_b + l * P;
-    for (int64_t i = 0; i < n; ++i) bias_leaky_row<S, G>(h + i * P, pb, P);
+    for (int64_t i = 0; i < n; ++i) bias_act_row<S, G>(h + i * P, pb, P, S(kSlope));
   }
   // z0 = leaky(h0 @ w_in_h^T + frame_bias[frame])
   if (last > 0) {
@@ -303,7 +246,7 @@ void layer_net(const Stack<S, G>& c, Work<S, G>& w, int64_t l, int64_t i0, int64
     G* zp = z0.template data_ptr<G>();
     for (int64_t i = 0; i < n; ++i) {
       const S* fb = c.frame_bias + (c.fidx[i0 + i] * c.L + l) * H;
-      bias_leaky_row<S, G>(zp + i * H, fb, H);
+      bias_act_row<S, G>(zp + i * H, fb, H, S(kSlope));
     }
   }
   for (int64_t k = 0; k + 1 < last; ++k) {
@@ -314,7 +257,7 @@ void layer_net(const Stack<S, G>& c, Work<S, G>& w, int64_t l, int64_t i0, int64
     L_(kRmm);
     G* zp = zout.template data_ptr<G>();
     const S* bh = c.b_hid + (k * c.L + l) * H;
-    for (int64_t i = 0; i < n; ++i) bias_leaky_row<S, G>(zp + i * H, bh, H);
+    for (int64_t i = 0; i < n; ++i) bias_act_row<S, G>(zp + i * H, bh, H, S(kSlope));
   }
   // (s, t) = z_last @ w_out^T + b_out
   const S* ws = c.w_out_s.data() + l * 2 * H;
@@ -365,7 +308,6 @@ void run_backward(const Stack<S, G>& c, const S* dy, const S* saved, S* dx, Grad
                   int64_t tile) {
   const int64_t ntiles = (c.M + tile - 1) / tile;
   const int64_t L = c.L, E = c.E, P = c.P, H = c.H, NH = c.NH, nf = c.nf;
-  const bool low = c.gtype != g.dw_in_h.scalar_type();
   at::parallel_for(0, ntiles, 1, [&](int64_t t0, int64_t t1) {
     c10::InferenceMode guard;
     const int64_t tid = at::get_thread_num();
@@ -377,17 +319,6 @@ void run_backward(const Stack<S, G>& c, const S* dy, const S* saved, S* dx, Grad
     S* db_hid = g.db_hid[tid].template data_ptr<S>();
     S* dw_out = g.dw_out[tid].template data_ptr<S>();
     S* db_out = g.db_out[tid].template data_ptr<S>();
-    // acc += a^T @ b, a: [n, r], b: [n, k], acc: [r, k] (type S)
-    auto acc_tn = [&](at::Tensor acc, const at::Tensor& a, const at::Tensor& b) {
-      if (!low) {
-        acc.addmm_(a.t(), b);
-      } else {
-        at::Tensor tmp = w.gw.view({-1}).narrow(0, 0, acc.size(0) * acc.size(1))
-                             .view({acc.size(0), acc.size(1)});
-        at::mm_out(tmp, a.t(), b);
-        acc.add_(tmp);
-      }
-    };
     for (int64_t ti = t0; ti < t1; ++ti) {
       const int64_t i0 = ti * tile;
       const int64_t n = std::min(tile, c.M - i0);
@@ -447,7 +378,7 @@ void run_backward(const Stack<S, G>& c, const S* dy, const S* saved, S* dx, Grad
         for (int64_t k = NH - 1; k >= 0; --k) {
           at::Tensor zin = zt(c, w, l, k, i0, n);
           lap(kBel);
-          acc_tn(dw_hid[k][l], dA, zin);
+          acc_tn(dw_hid[k][l], dA, zin, w.gw);
           lap(kWmm);
           {
             const G* d = dA.template data_ptr<G>();
@@ -459,13 +390,13 @@ void run_backward(const Stack<S, G>& c, const S* dy, const S* saved, S* dx, Grad
           lap(kXmm);
           G* d = dB.template data_ptr<G>();
           const G* zp = zin.template data_ptr<G>();
-          mul_leaky_grad<S, G>(d, zp, n * H);
+          mul_act_grad<S, G>(d, zp, n * H, S(kSlope));
           std::swap(dA, dB);
         }
         // first layer: z0 = leaky(h0 @ w_in_h^T + frame_bias[frame])
         at::Tensor h0_t = w.h0.narrow(0, 0, n);
         lap(kBel);
-        acc_tn(dw_in_h[l], dA, h0_t);
+        acc_tn(dw_in_h[l], dA, h0_t, w.gw);
         lap(kWmm);
         {
           const G* d = dA.template data_ptr<G>();
@@ -482,12 +413,12 @@ void run_backward(const Stack<S, G>& c, const S* dy, const S* saved, S* dx, Grad
           G* d = dHt.template data_ptr<G>();
           const G* hp = h0_t.template data_ptr<G>();
           S* acc = dproj_b + l * P;
-          mul_leaky_grad<S, G>(d, hp, n * P);
+          mul_act_grad<S, G>(d, hp, n * P, S(kSlope));
           for (int64_t i = 0; i < n; ++i) add_row<S, G>(acc, d + i * P, P);
         }
         at::Tensor pe_t = w.pe.narrow(0, 0, n);
         lap(kBel);
-        acc_tn(dproj_w[l], dHt, pe_t);
+        acc_tn(dproj_w[l], dHt, pe_t, w.gw);
         lap(kWmm);
         at::Tensor dpe = w.dpe.narrow(0, 0, n);
         at::mm_out(dpe, dHt, c.pw(l));
@@ -518,7 +449,7 @@ Stack<S, G> make_stack(const at::Tensor& frame_idx, const StackWeights& w,
   c.nf = n_freq;
   c.inverse = inverse;
   c.coords = coords;
-  for (int64_t k = 0; k < n_freq; ++k) c.freq.push_back(S(M_PI * std::ldexp(1.0, int(k))));
+  c.freq = pe_frequencies<S>(n_freq);
   c.fidx = frame_idx.data_ptr<int64_t>();
   c.gtype = c10::CppTypeToScalarType<G>::value;
   c.proj_w = w.proj_w.to(c.gtype).contiguous();
@@ -537,24 +468,6 @@ Stack<S, G> make_stack(const at::Tensor& frame_idx, const StackWeights& w,
 }  // namespace
 
 namespace {
-
-// Asks the kernel to back the 2 MiB-aligned interior of a large fresh buffer with transparent
-// huge pages (where THP is in "madvise" mode). The kept activations are written once per
-// forward into new memory; with 4 KiB pages the first-touch page faults cost about as much as
-// the writes save (measured: a first fill of 144 MiB took 64 ms with 4 KiB pages, 15 ms with
-// 2 MiB pages, a second fill 6-8 ms). The memory still comes from ATen's allocator, so its
-// accounting (and the memory profiler) sees it as usual.
-void advise_huge_pages(const at::Tensor& t) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
-  const uintptr_t p = reinterpret_cast<uintptr_t>(t.data_ptr());
-  const uintptr_t b = (p + kHuge - 1) & ~(kHuge - 1);
-  const uintptr_t e = (p + t.nbytes()) & ~(kHuge - 1);
-  if (e > b) madvise(reinterpret_cast<void*>(b), e - b, MADV_HUGEPAGE);  // advisory only
-#else
-  (void)t;
-#endif
-}
 
 void print_profile(const char* what, int64_t M, double wall_s, int64_t nt) {
   std::fprintf(stderr, "coupling_stack %s M=%ld: %.1f ms\n", what, long(M), wall_s * 1e3);

@@ -1,4 +1,8 @@
-"""GaborNet (multiplicative filter network), used for the latent codes and for colour/density."""
+"""GaborNet (multiplicative filter network), used for the latent codes and for colour/density.
+
+The modules hold the weights under the original's names; the computation goes through
+:func:`omnifast.ops.gabor_net`, i.e. through the backend dispatch.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,8 @@ import math
 import torch
 from torch import nn
 
-from omnifast.reference.linear import linear
+from omnifast import ops
+from omnifast.reference.gabor import GaborParams, gabor_filter
 
 
 class GaborLayer(nn.Module):
@@ -31,9 +36,7 @@ class GaborLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [..., d] -> [..., out]"""
-        # ||x - mu||^2 expanded as ||x||^2 + ||mu||^2 - 2 x.mu, as the original computes it
-        d2 = (x * x).sum(-1, keepdim=True) + (self.mu * self.mu).sum(-1) - 2 * x @ self.mu.t()
-        return torch.sin(self.linear(x)) * torch.exp(-0.5 * d2 * self.gamma)
+        return gabor_filter(x, self.linear.weight, self.linear.bias, self.mu, self.gamma)
 
 
 class GaborNet(nn.Module):
@@ -56,9 +59,15 @@ class GaborNet(nn.Module):
             for _ in range(n_layers + 1)
         ])
 
+    def params(self) -> GaborParams:
+        """The weights in the layout of :class:`omnifast.reference.GaborParams`."""
+        f = self.filters
+        return GaborParams(
+            filt_w=tuple(m.linear.weight for m in f), filt_b=tuple(m.linear.bias for m in f),
+            mu=tuple(m.mu for m in f), gamma=tuple(m.gamma for m in f),
+            lin_w=tuple(m.weight for m in self.linear), lin_b=tuple(m.bias for m in self.linear),
+            out_w=self.output_linear.weight, out_b=self.output_linear.bias)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: [..., in_size] -> [..., out_size]"""
-        z = self.filters[0](x)
-        for filt, lin in zip(self.filters[1:], self.linear):
-            z = filt(x) * linear(z, lin.weight, lin.bias)
-        return linear(z, self.output_linear.weight, self.output_linear.bias)
+        """x: [..., in_size] -> [..., out_size], through :func:`omnifast.ops.gabor_net`."""
+        return ops.gabor_net(x, self.params())

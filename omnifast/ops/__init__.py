@@ -2,5 +2,7 @@
 
 from omnifast.ops.bijection import affine, coupling_stack
 from omnifast.ops.composite import composite, composite_argmax, occlusion_score
+from omnifast.ops.gabor import gabor_net
 
-__all__ = ["affine", "composite", "composite_argmax", "coupling_stack", "occlusion_score"]
+__all__ = ["affine", "composite", "composite_argmax", "coupling_stack", "gabor_net",
+           "occlusion_score"]

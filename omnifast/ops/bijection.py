@@ -18,7 +18,11 @@ The frame bias is computed in fp32 even in the bf16 mode (the reference rounds t
 operands to bf16 like every other product): a deliberate, more precise difference of a few
 thousand MACs per frame.
 
-``affine`` (the pre-layer) has only the reference implementation so far.
+Fused backend of ``affine`` (the pre-layer): ``"cpu"``, C++/OpenMP (csrc/bijection/affine_cpu.cpp),
+fp32 and fp64 plus the same bf16 matmul mode. Per tile of points it runs the depth/time MLP with
+its activations in cache and applies the 2-D map; for backward it keeps nothing per point but
+the top :data:`CPU_AFFINE_SAVE_HIDDEN` hidden activations and recomputes the rest from x and t
+(the reference keeps every layer's 256-wide input).
 """
 
 from __future__ import annotations
@@ -44,26 +48,40 @@ CPU_TILE = 512
 #: point and layer at H = 256, 1/3 of the recompute) and costs H values per point and layer,
 #: fp32 (bf16 in the bf16 mode): 6 KiB (3 KiB) per point and direction at the omnimotion widths.
 #: K = 0 recomputes everything from the ``[L, M, 3]`` coordinates (the least memory, the Triton
-#: design). The defaults are measured (benchmarks/RESULTS.md, "coupling_stack"): they are the
-#: largest that keep the whole training step under half the reference's peak memory. The
-#: environment variable ``OMNIFAST_CPU_SAVE_HIDDEN`` (``K`` or ``fp32=K,bf16=K``) overrides them.
-CPU_SAVE_HIDDEN = {"fp32": 1, "bf16": 2}
+#: design). The defaults keep all of them (3 at the omnimotion depth): with the affine pre-layer
+#: and the colour network fused, the whole training step stays at about a third of the
+#: reference's peak memory with them (benchmarks/RESULTS.md, "coupling_stack"). The environment
+#: variable ``OMNIFAST_CPU_SAVE_HIDDEN`` (``K`` or ``fp32=K,bf16=K``) overrides them.
+CPU_SAVE_HIDDEN = {"fp32": 3, "bf16": 3}
 
 
-def _save_hidden_from_env(text: str) -> dict[str, int]:
+#: The same for the affine pre-layer's CPU kernel: how many of its top hidden activations
+#: h[NH + 1 - K .. NH] (K in 0..NH + 1, 7 at the omnimotion depth) the forward keeps, each saving
+#: one ``H x H`` recompute product (65,536 MAC per point) for H values per point (1 KiB fp32,
+#: 512 bytes bf16). The defaults keep all of them (no recompute), measured within the memory
+#: target as above; environment variable ``OMNIFAST_CPU_AFFINE_SAVE_HIDDEN``, same syntax.
+CPU_AFFINE_SAVE_HIDDEN = {"fp32": 7, "bf16": 7}
+
+
+def _save_hidden_from_env(text: str, defaults: dict[str, int] | None = None,
+                          name: str = "OMNIFAST_CPU_SAVE_HIDDEN") -> dict[str, int]:
     """``OMNIFAST_CPU_SAVE_HIDDEN``: one number for both precisions, or ``fp32=K,bf16=K``."""
-    out = dict(CPU_SAVE_HIDDEN)
+    out = dict(CPU_SAVE_HIDDEN if defaults is None else defaults)
     for part in filter(None, (p.strip() for p in text.split(","))):
         key, _, val = part.rpartition("=")
         keys = [key] if key else list(out)
         if any(k not in out for k in keys) or not val.isdigit():
-            raise ValueError(f"OMNIFAST_CPU_SAVE_HIDDEN: expected K or fp32=K,bf16=K, got {text!r}")
+            raise ValueError(f"{name}: expected K or fp32=K,bf16=K, got {text!r}")
         out.update(dict.fromkeys(keys, int(val)))
     return out
 
 
 if os.environ.get("OMNIFAST_CPU_SAVE_HIDDEN"):
     CPU_SAVE_HIDDEN = _save_hidden_from_env(os.environ["OMNIFAST_CPU_SAVE_HIDDEN"])
+if os.environ.get("OMNIFAST_CPU_AFFINE_SAVE_HIDDEN"):
+    CPU_AFFINE_SAVE_HIDDEN = _save_hidden_from_env(
+        os.environ["OMNIFAST_CPU_AFFINE_SAVE_HIDDEN"], CPU_AFFINE_SAVE_HIDDEN,
+        "OMNIFAST_CPU_AFFINE_SAVE_HIDDEN")
 
 
 def frame_bias(codes: torch.Tensor, params: CouplingParams) -> torch.Tensor:
@@ -156,6 +174,68 @@ def coupling_stack_cpu(x: torch.Tensor, frame_idx: torch.Tensor, codes: torch.Te
     return CouplingStackFunction.apply(x.contiguous(), frame_idx.to(torch.int64).contiguous(),
                                        fb, *ws, tuple(int(c) for c in coords), int(n_freq),
                                        bool(inverse), bf16, CPU_TILE, max(keep, 0))
+
+
+class AffineFunction(torch.autograd.Function):
+    """Autograd wrapper of the fused CPU affine pre-layer.
+
+    Saves x and t (the backward recomputes the MLP from them) and, if ``save_hidden`` > 0, the
+    top ``save_hidden`` hidden activations ``[save_hidden, M, H]`` (bf16 in the bf16 mode).
+    """
+
+    @staticmethod
+    def forward(ctx, x, t, w0, b0, w_hid, b_hid, w_out, b_out, n_freq, inverse, bf16, tile,
+                save_hidden):
+        save = any(ctx.needs_input_grad[:8])
+        y, acts = load_extension().affine_fwd(x, t, w0, b0, w_hid, b_hid, w_out, b_out, n_freq,
+                                              inverse, save_hidden if save else 0, bf16, tile)
+        ctx.save_for_backward(x, t, acts, w0, b0, w_hid, b_hid, w_out, b_out)
+        ctx.cfg = (n_freq, inverse, bf16, tile)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, t, acts, *ws = ctx.saved_tensors
+        n_freq, inverse, bf16, tile = ctx.cfg
+        grads = load_extension().affine_bwd(dy.contiguous(), x, t, acts, *ws, n_freq, inverse,
+                                            bf16, tile)
+        return (*grads, None, None, None, None, None)
+
+
+def _supports_cpu_affine(device: torch.device, dtype: torch.dtype) -> str | None:
+    if dtype not in (torch.float32, torch.float64):
+        return f"the fused CPU affine pre-layer runs float32/float64 points, got {dtype}"
+    ext = load_extension()
+    if ext is not None and not hasattr(ext, "affine_fwd"):
+        return "omnifast._C was built without the affine pre-layer kernels; rebuild it (make ext)"
+    return None
+
+
+@register("affine", "cpu", supports=_supports_cpu_affine)
+def affine_cpu(x: torch.Tensor, t: torch.Tensor, weights: list[torch.Tensor],
+               biases: list[torch.Tensor], n_freq: int, inverse: bool = False) -> torch.Tensor:
+    """The fused C++ affine pre-layer (same contract as :func:`affine_ref`).
+
+    The matmul precision follows :func:`omnifast.get_matmul_precision` as for
+    :func:`coupling_stack_cpu`. The hidden layers' weights are stacked into one ``[NH, H, H]``
+    tensor per call (autograd carries the gradients back to each layer).
+    """
+    if len(weights) < 2 or len(weights) != len(biases):
+        raise ValueError(f"affine: need at least 2 layers and one bias per weight, got "
+                         f"{len(weights)} weights and {len(biases)} biases")
+    dt = x.dtype
+    H = weights[0].shape[0]
+    if len(weights) > 2:
+        w_hid = torch.stack([w.to(dt) for w in weights[1:-1]])
+        b_hid = torch.stack([b.to(dt) for b in biases[1:-1]])
+    else:
+        w_hid, b_hid = x.new_zeros(0, H, H), x.new_zeros(0, H)
+    bf16 = get_matmul_precision() == "bf16" and dt == torch.float32
+    keep = min(int(CPU_AFFINE_SAVE_HIDDEN["bf16" if bf16 else "fp32"]), len(weights) - 1)
+    ws = [weights[0], biases[0], w_hid, b_hid, weights[-1], biases[-1]]
+    return AffineFunction.apply(x.contiguous(), t.to(dt).contiguous(),
+                                *[w.to(dt).contiguous() for w in ws], int(n_freq),
+                                bool(inverse), bf16, CPU_TILE, max(keep, 0))
 
 
 def _check_points(x: torch.Tensor, frame_idx: torch.Tensor, op: str) -> None:

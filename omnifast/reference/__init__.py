@@ -15,14 +15,17 @@ from omnifast.reference.composite import (
     composite_ref,
     occlusion_score_ref,
 )
+from omnifast.reference.gabor import GaborParams, gabor_net_ref
 from omnifast.reference.linear import linear
 
 __all__ = [
     "CouplingParams",
+    "GaborParams",
     "affine_ref",
     "composite_argmax_ref",
     "composite_ref",
     "coupling_stack_ref",
+    "gabor_net_ref",
     "linear",
     "occlusion_score_ref",
     "positional_encoding",
