@@ -43,6 +43,9 @@ class ChainInputs:
     smooth: np.ndarray  # [T, H, W, 3] float32 in [0, 1], Gaussian-smoothed (DINO replacement)
     appearance_threshold: float
     rgb_threshold: float
+    # direct (non-adjacent) flows are trusted only up to this frame gap; beyond it the chain
+    # alone decides (None: at every gap, as the original)
+    direct_max_interval: int | None = None
 
 
 def chain_row(i: int, step: int, flows: np.ndarray, cycle: np.ndarray, occluded: np.ndarray,
@@ -69,6 +72,8 @@ def chain_row(i: int, step: int, flows: np.ndarray, cycle: np.ndarray, occluded:
     while 0 <= j < t:
         cyc_ij = np.asarray(cycle[i, j])
         occ_ij = np.asarray(occluded[i, j])
+        if data.direct_max_interval is not None and abs(j - i) > data.direct_max_interval:
+            cyc_ij = np.zeros_like(cyc_ij)
         direct = cyc_ij | occ_ij
         acc[direct] = flows[i, j][direct]
         qx, qy = xs + acc[..., 0], ys + acc[..., 1]
