@@ -3,7 +3,9 @@
 For every reference frame i the pass walks away from i one frame at a time (forward: j = i+1,
 i+2, ...; backward: j = i-1, i-2, ...), carrying an accumulated flow A and a validity mask C:
 
-* wherever the direct pair (i, j) is valid (cycle or occluded), A takes the direct flow;
+* wherever the direct pair (i, j) is valid (cycle or occluded), A takes the direct flow (with
+  ``direct_max_interval`` set, only for pairs at most that many frames apart: further apart, a
+  wrong direct flow can pass the cycle and appearance tests, and the chain is more reliable);
 * C is multiplied by the appearance checks at q = p + A, then forced true where the direct pair is
   cycle-consistent and false where it is occluded; (A, C) overwrite flow (i, j) and its cycle
   mask (the occluded mask stays the direct one);
