@@ -27,6 +27,8 @@ class ModelConfig:
     color_hidden: int = 512
     color_layers: int = 3
     color_alpha: float = 3.0
+    # density = softplus(out - density_bias): sets the initial density along the rays
+    density_bias: float = 1.0
     gabor_input_scale: float = 256.0
     # rays
     num_samples: int = 32

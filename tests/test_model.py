@@ -197,3 +197,25 @@ def test_bad_shapes_are_reported():
         model.to_canonical(torch.rand(2, 4, 3), torch.tensor([0]))
     with pytest.raises(ValueError, match="num_frames"):
         OmniMotion(SMALL, num_frames=0)
+
+
+def test_density_bias_sets_where_the_initial_weight_lies():
+    """With the original's bias (1) a fresh model puts most of each ray's weight on its nearest
+    samples; a larger bias spreads it along the ray. Old configs load with the original's."""
+    import dataclasses  # noqa: PLC0415
+
+    from omnifast.config import model_config_from_dict  # noqa: PLC0415
+
+    base = omnifast.get_preset("cpu").model
+    gen = torch.Generator().manual_seed(0)
+    px = torch.rand(256, 2, generator=gen) * torch.tensor([127.0, 95.0])
+    x = unproject(px, sample_depths((), base.num_samples, 0.0, 2.0), 96, 128)
+    first3 = {}
+    for bias in (1.0, 3.0):
+        model = OmniMotion(dataclasses.replace(base, density_bias=bias), num_frames=4)
+        with torch.no_grad():
+            w = model.render(model.to_canonical(x[None], torch.tensor([0]))[0])[2]
+        first3[bias] = float(w[:, :3].sum(-1).mean() / w.sum(-1).mean())
+    assert first3[1.0] > 0.55 and first3[3.0] < 0.3, first3
+    legacy = {k: v for k, v in dataclasses.asdict(base).items() if k != "density_bias"}
+    assert model_config_from_dict(legacy).density_bias == 1.0

@@ -3,10 +3,12 @@
     python benchmarks/quality/preset_experiment.py --clip easy --motion exact --out /tmp/e1 \
         --set mask_near=True mask_near_steps=400 [--mset num_samples=32] [--iters 1000]
 
-``--set`` changes fields of the ``cpu`` preset's TrainConfig, ``--mset`` of its ModelConfig
-(values are Python literals). ``--motion exact`` fits on the clip's exact pairwise motion, ``dis``
-on the optical flow as ``omnifast.fit`` computes it. Writes ``result.json`` (the scores of
-``score_checkpoint.py`` plus the fit time) and the fit's checkpoints into ``--out``.
+``--set`` changes fields of the ``cpu`` preset's TrainConfig, ``--mset`` of its ModelConfig,
+``--flow`` the settings of ``compute_motion`` for ``--motion dis`` (values are Python literals).
+``--motion exact`` fits on the clip's exact pairwise motion, ``dis`` on the optical flow as
+``omnifast.fit`` computes it (with the ``--flow`` settings if given). Writes ``result.json``
+(the scores of ``score_checkpoint.py`` plus the fit time) and the fit's checkpoints into
+``--out``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from score_checkpoint import score
 
 from omnifast.api import fit
 from omnifast.config import get_preset
+from omnifast.data.flow import compute_motion
 from omnifast.eval.run import synthetic_clips
 
 
@@ -41,6 +44,8 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--set", nargs="*", default=[], help="TrainConfig fields, key=value")
     ap.add_argument("--mset", nargs="*", default=[], help="ModelConfig fields, key=value")
+    ap.add_argument("--flow", nargs="*", default=[],
+                    help="compute_motion settings for --motion dis, key=value")
     a = ap.parse_args()
     p = get_preset("cpu")
     p = dataclasses.replace(p, model=dataclasses.replace(p.model, **_fields(a.mset)),
@@ -48,10 +53,14 @@ def main() -> None:
     clip = synthetic_clips([a.clip])[0]
     kw = {"motion": clip.source.exact_motion()} if a.motion == "exact" else {}
     t0 = time.perf_counter()
+    if a.motion == "dis" and a.flow:
+        kw["motion"] = compute_motion(clip.video, cache_dir=False, progress=False,
+                                      **_fields(a.flow))
     tracker = fit(clip.video, preset=p, iters=a.iters, seed=0, out_dir=a.out, progress=False,
                   **kw)
     result = {"clip": a.clip, "motion": a.motion, "iters": a.iters or p.train.num_iters,
-              "set": a.set, "mset": a.mset, "fit_s": round(time.perf_counter() - t0, 1),
+              "set": a.set, "mset": a.mset, "flow": a.flow,
+              "fit_s": round(time.perf_counter() - t0, 1),
               **score(tracker, clip)}
     print(json.dumps(result))
     with open(os.path.join(a.out, "result.json"), "w") as f:

@@ -3,7 +3,9 @@
 For every reference frame i the pass walks away from i one frame at a time (forward: j = i+1,
 i+2, ...; backward: j = i-1, i-2, ...), carrying an accumulated flow A and a validity mask C:
 
-* wherever the direct pair (i, j) is valid (cycle or occluded), A takes the direct flow;
+* wherever the direct pair (i, j) is valid (cycle or occluded), A takes the direct flow (with
+  ``direct_max_interval`` set, only for pairs at most that many frames apart: further apart, a
+  wrong direct flow can pass the cycle and appearance tests, and the chain is more reliable);
 * C is multiplied by the appearance checks at q = p + A, then forced true where the direct pair is
   cycle-consistent and false where it is occluded; (A, C) overwrite flow (i, j) and its cycle
   mask (the occluded mask stays the direct one);
@@ -43,6 +45,9 @@ class ChainInputs:
     smooth: np.ndarray  # [T, H, W, 3] float32 in [0, 1], Gaussian-smoothed (DINO replacement)
     appearance_threshold: float
     rgb_threshold: float
+    # direct (non-adjacent) flows are trusted only up to this frame gap; beyond it the chain
+    # alone decides (None: at every gap, as the original)
+    direct_max_interval: int | None = None
 
 
 def chain_row(i: int, step: int, flows: np.ndarray, cycle: np.ndarray, occluded: np.ndarray,
@@ -69,6 +74,8 @@ def chain_row(i: int, step: int, flows: np.ndarray, cycle: np.ndarray, occluded:
     while 0 <= j < t:
         cyc_ij = np.asarray(cycle[i, j])
         occ_ij = np.asarray(occluded[i, j])
+        if data.direct_max_interval is not None and abs(j - i) > data.direct_max_interval:
+            cyc_ij = np.zeros_like(cyc_ij)
         direct = cyc_ij | occ_ij
         acc[direct] = flows[i, j][direct]
         qx, qy = xs + acc[..., 0], ys + acc[..., 1]

@@ -16,7 +16,7 @@ from omnifast.model.nvp import InvertibleMap
 
 #: the original seeds construction with this value (torch.manual_seed(1234) at import time)
 DEFAULT_SEED = 1234
-#: softplus(out - DENSITY_BIAS) gives the density
+#: softplus(out - density_bias) gives the density; the original's bias (ModelConfig.density_bias)
 DENSITY_BIAS = 1.0
 
 
@@ -124,7 +124,7 @@ class OmniMotion(nn.Module):
             ``(rgb [..., 3] in (0, 1), sigma [...] >= 0)``.
         """
         out = self.color_mlp(contract(u))
-        return torch.sigmoid(out[..., :3]), F.softplus(out[..., 3] - DENSITY_BIAS)
+        return torch.sigmoid(out[..., :3]), F.softplus(out[..., 3] - self.config.density_bias)
 
     def render(self, u: torch.Tensor, values: torch.Tensor | None = None,
                num_masked_near: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
