@@ -42,6 +42,7 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=None)
     ap.add_argument("--motion", default="exact", choices=["exact", "dis"])
     ap.add_argument("--out", required=True)
+    ap.add_argument("--seed", type=int, default=0, help="seed of the fit (model and sampling)")
     ap.add_argument("--set", nargs="*", default=[], help="TrainConfig fields, key=value")
     ap.add_argument("--mset", nargs="*", default=[], help="ModelConfig fields, key=value")
     ap.add_argument("--flow", nargs="*", default=[],
@@ -56,9 +57,9 @@ def main() -> None:
     if a.motion == "dis" and a.flow:
         kw["motion"] = compute_motion(clip.video, cache_dir=False, progress=False,
                                       **_fields(a.flow))
-    tracker = fit(clip.video, preset=p, iters=a.iters, seed=0, out_dir=a.out, progress=False,
+    tracker = fit(clip.video, preset=p, iters=a.iters, seed=a.seed, out_dir=a.out, progress=False,
                   **kw)
-    result = {"clip": a.clip, "motion": a.motion, "iters": a.iters or p.train.num_iters,
+    result = {"clip": a.clip, "motion": a.motion, "iters": a.iters or p.train.num_iters, "seed": a.seed,
               "set": a.set, "mset": a.mset, "flow": a.flow,
               "fit_s": round(time.perf_counter() - t0, 1),
               **score(tracker, clip)}
