@@ -74,12 +74,8 @@ std::vector<at::Tensor> fwd(const at::Tensor& x, const at::Tensor& frame_idx,
   auto w = pack(frame_bias, proj_w, proj_b, w_in_h, w_hid, b_hid, w_out, b_out);
   check_points(x, "x", frame_idx, frame_bias.dim() > 0 ? frame_bias.size(0) : 0);
   check_weights(w, x, coords, n_freq);
-  TORCH_CHECK(tile > 0, "tile must be positive, got ", tile);
-  TORCH_CHECK(!bf16 || x.scalar_type() == at::kFloat, "bf16 mode needs float32 inputs, got ",
-              x.scalar_type());
-  const int64_t NH = w_hid.size(0);
-  TORCH_CHECK(save_hidden >= 0 && save_hidden <= NH + 1, "save_hidden must be in [0, ", NH + 1,
-              "], got ", save_hidden);
+  check_tile_and_mode(x, bf16, tile);
+  check_save_hidden(save_hidden, w_hid.size(0));
   return coupling_stack_fwd_cpu(x, frame_idx, w, coords, n_freq, inverse, save_inputs,
                                 save_hidden, bf16, tile);
 }
@@ -101,9 +97,7 @@ std::vector<at::Tensor> bwd(const at::Tensor& dy, const at::Tensor& saved,
   TORCH_CHECK(saved.scalar_type() == dy.scalar_type(), "saved must be ", dy.scalar_type());
   OMNIFAST_CHECK_CPU(saved);
   OMNIFAST_CHECK_CONTIGUOUS(saved);
-  TORCH_CHECK(tile > 0, "tile must be positive, got ", tile);
-  TORCH_CHECK(!bf16 || dy.scalar_type() == at::kFloat, "bf16 mode needs float32 inputs, got ",
-              dy.scalar_type());
+  check_tile_and_mode(dy, bf16, tile);
   if (acts.numel() > 0) {
     const int64_t NH = w_hid.size(0), H = w_in_h.size(1);
     TORCH_CHECK(acts.dim() == 4 && acts.size(0) == L && acts.size(1) <= NH + 1 &&
@@ -153,12 +147,8 @@ std::vector<at::Tensor> affine_fwd(const at::Tensor& x, const at::Tensor& t, con
                                    int64_t save_hidden, bool bf16, int64_t tile) {
   AffineWeights w{w0, b0, w_hid, b_hid, w_out, b_out};
   check_affine(x, t, w, n_freq);
-  TORCH_CHECK(tile > 0, "tile must be positive, got ", tile);
-  TORCH_CHECK(!bf16 || x.scalar_type() == at::kFloat, "bf16 mode needs float32 inputs, got ",
-              x.scalar_type());
-  const int64_t NH = w_hid.size(0);
-  TORCH_CHECK(save_hidden >= 0 && save_hidden <= NH + 1, "save_hidden must be in [0, ", NH + 1,
-              "], got ", save_hidden);
+  check_tile_and_mode(x, bf16, tile);
+  check_save_hidden(save_hidden, w_hid.size(0));
   return affine_fwd_cpu(x, t, w, n_freq, inverse, save_hidden, bf16, tile);
 }
 
@@ -175,9 +165,7 @@ std::vector<at::Tensor> affine_bwd(const at::Tensor& dy, const at::Tensor& x, co
   TORCH_CHECK(dy.sizes() == x.sizes() && dy.scalar_type() == x.scalar_type(),
               "dy must be like x ", x.sizes(), " ", x.scalar_type(), ", got ", dy.sizes(), " ",
               dy.scalar_type());
-  TORCH_CHECK(tile > 0, "tile must be positive, got ", tile);
-  TORCH_CHECK(!bf16 || x.scalar_type() == at::kFloat, "bf16 mode needs float32 inputs, got ",
-              x.scalar_type());
+  check_tile_and_mode(x, bf16, tile);
   if (acts.numel() > 0) {
     const int64_t NH = w_hid.size(0), H = w0.size(0);
     TORCH_CHECK(acts.dim() == 3 && acts.size(0) <= NH + 1 && acts.size(1) == x.size(0) &&

@@ -36,9 +36,7 @@ void check(const at::Tensor& x, const GaborWeights& w, bool bf16, int64_t tile) 
   expect(w.lin_b, "lin_b", {NL, H});
   expect(w.out_w, "out_w", {O, H});
   expect(w.out_b, "out_b", {O});
-  TORCH_CHECK(tile > 0, "tile must be positive, got ", tile);
-  TORCH_CHECK(!bf16 || x.scalar_type() == at::kFloat, "bf16 mode needs float32 inputs, got ",
-              x.scalar_type());
+  check_tile_and_mode(x, bf16, tile);
 }
 
 std::vector<at::Tensor> fwd(const at::Tensor& x, const at::Tensor& filt_w,
