@@ -314,6 +314,27 @@ def test_cpu_block_backward_matches_tile_backward_bitwise(C):
     assert torch.equal(ds_b[8:], ds_c) and torch.equal(dv_b[8:], dv_c)
 
 
+def _run_with_switch_off_and_on(script: str, switch: str) -> list:
+    """Runs `script` (which saves its results to the path in argv[1]) in two subprocesses, with
+    the environment switch set to "0" and unset (switches are read once per process); returns
+    the two loaded results in that order."""
+    import os  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+    import tempfile  # noqa: PLC0415
+
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for flag in ("0", None):
+            path = os.path.join(tmp, f"r{flag}.pt")
+            env = {k: v for k, v in os.environ.items() if k != switch}
+            if flag is not None:
+                env[switch] = flag
+            subprocess.run([sys.executable, "-c", script, path], check=True, env=env)
+            results.append(torch.load(path))
+    return results
+
+
 @pytest.mark.skipif(not _has_cpu_kernels(), reason="omnifast._C not built")
 def test_cpu_plain_stores_match_streaming_stores():
     """Outputs above 32 MiB are written with streaming stores by default; with
@@ -321,11 +342,6 @@ def test_cpu_plain_stores_match_streaming_stores():
     bit-identical results. The switch is read once per process, so each runs in a subprocess.
     Shapes: [40000, 32, 7] streams dvalues only (36 MB); [66000, 128, 1] streams the weights,
     dsigma and dvalues (34 MB each); R is not a multiple of the tile or of the parallel grain."""
-    import os  # noqa: PLC0415
-    import subprocess  # noqa: PLC0415
-    import sys  # noqa: PLC0415
-    import tempfile  # noqa: PLC0415
-
     script = (
         "import sys, torch, omnifast\n"
         "from omnifast.ops.composite import composite\n"
@@ -341,15 +357,7 @@ def test_cpu_plain_stores_match_streaming_stores():
         "    out += [o, w, ds, dv]\n"
         "torch.save(out, sys.argv[1])\n"
     )
-    results = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for flag in ("0", None):
-            path = os.path.join(tmp, f"r{flag}.pt")
-            env = {k: v for k, v in os.environ.items() if k != "OMNIFAST_COMPOSITE_STREAM"}
-            if flag is not None:
-                env["OMNIFAST_COMPOSITE_STREAM"] = flag
-            subprocess.run([sys.executable, "-c", script, path], check=True, env=env)
-            results.append(torch.load(path))
+    results = _run_with_switch_off_and_on(script, "OMNIFAST_COMPOSITE_STREAM")
     for a, b in zip(*results):
         assert torch.equal(a, b)
     # and they are right (the last ray of each shape ends exactly at the tensor's end)
@@ -399,11 +407,6 @@ def test_cpu_output_cache_reuses_blocks_without_stale_data():
 def test_cpu_output_cache_off():
     """OMNIFAST_COMPOSITE_CACHE=0 (read once per process, so in a subprocess) keeps nothing
     cached and gives bit-identical outputs."""
-    import os  # noqa: PLC0415
-    import subprocess  # noqa: PLC0415
-    import sys  # noqa: PLC0415
-    import tempfile  # noqa: PLC0415
-
     script = (
         "import sys, torch\n"
         "from omnifast._ext import load_extension\n"
@@ -416,15 +419,7 @@ def test_cpu_output_cache_off():
         "res += [t.clone() for t in ext.composite_fwd(s, v, None, 0, 0, True)]\n"
         "torch.save([res, ext.composite_output_cache_bytes()], sys.argv[1])\n"
     )
-    results = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for flag in ("0", None):
-            path = os.path.join(tmp, f"r{flag}.pt")
-            env = {k: v for k, v in os.environ.items() if k != "OMNIFAST_COMPOSITE_CACHE"}
-            if flag is not None:
-                env["OMNIFAST_COMPOSITE_CACHE"] = flag
-            subprocess.run([sys.executable, "-c", script, path], check=True, env=env)
-            results.append(torch.load(path))
+    results = _run_with_switch_off_and_on(script, "OMNIFAST_COMPOSITE_CACHE")
     (off, off_cached), (on, on_cached) = results
     assert off_cached == 0 and on_cached > 0
     for a, b in zip(off, on):
