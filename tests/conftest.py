@@ -55,3 +55,18 @@ def one_thread():
 @pytest.fixture
 def close():
     return assert_close
+
+
+def saved_bytes_per_point(fn, num_points: int) -> int:
+    """Bytes of the per-point tensors (those with `num_points` in their shape, not the weights)
+    that autograd saves for the backward while `fn()` runs."""
+    saved = []
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if num_points in t.shape:
+            saved.append(t.numel() * t.element_size())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(saved)

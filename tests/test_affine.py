@@ -10,7 +10,7 @@ import math
 
 import pytest
 import torch
-from conftest import assert_close
+from conftest import assert_close, saved_bytes_per_point
 
 import omnifast
 from omnifast import ops
@@ -167,20 +167,10 @@ def test_backward_saves_only_inputs_and_kept_activations(monkeypatch, keep):
     ws, bs = make_weights(H=64, dtype=torch.float32)
     M = 2000
     x, t = make_inputs(M)
-    saved = []
-
-    def pack(p):
-        if M in p.shape:  # the per-point tensors (not the weights)
-            saved.append(p.numel() * p.element_size())
-        return p
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda p: p):
-        run("cpu", x, t, ws, bs, inverse=False)
-    assert sum(saved) == M * 4 * (3 + 1 + keep * 64), sum(saved) / M
-    saved.clear()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda p: p):
-        run("torch", x, t, ws, bs, inverse=False)
-    assert sum(saved) / M > 4 * 4 * 64
+    fused = saved_bytes_per_point(lambda: run("cpu", x, t, ws, bs, inverse=False), M)
+    assert fused == M * 4 * (3 + 1 + keep * 64), fused / M
+    ref = saved_bytes_per_point(lambda: run("torch", x, t, ws, bs, inverse=False), M)
+    assert ref / M > 4 * 4 * 64
 
 
 def test_auto_dispatch_prefers_fused_cpu_and_falls_back():

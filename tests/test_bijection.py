@@ -10,7 +10,7 @@ import math
 
 import pytest
 import torch
-from conftest import assert_close
+from conftest import assert_close, saved_bytes_per_point
 
 import omnifast
 from omnifast import ops
@@ -304,17 +304,10 @@ def test_cpu_saved_hidden_memory(monkeypatch, keep):
     params = make_params(H=64, P=64)
     M = 2000
     x, frame_idx, codes = make_inputs(M, 3, params)
-    saved = []
-
-    def pack(t):
-        if M in t.shape:  # the per-point tensors (not the weights)
-            saved.append(t.numel() * t.element_size())
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        run("cpu", x, frame_idx, codes, params, inverse=False)
+    fused = saved_bytes_per_point(lambda: run("cpu", x, frame_idx, codes, params,
+                                              inverse=False), M)
     # layer inputs (6 x 3 fp32), the int64 frame index, keep x 64 fp32 activations per layer
-    assert sum(saved) == M * 4 * (6 * 3 + 2 + 6 * keep * 64), sum(saved) / M
+    assert fused == M * 4 * (6 * 3 + 2 + 6 * keep * 64), fused / M
 
 
 def test_cpu_save_hidden_env_parsing():

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import assert_close
+from conftest import assert_close, saved_bytes_per_point
 
 import omnifast
 from omnifast import ops
@@ -130,20 +130,10 @@ def test_backward_saves_inputs_and_linear_outputs():
     net = make_net(H=64)
     M = 2000
     x = make_x((M, 3))
-    saved = []
-
-    def pack(p):
-        if M in p.shape:  # the per-point tensors (not the weights)
-            saved.append(p.numel() * p.element_size())
-        return p
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda p: p):
-        run("cpu", x, net)
-    assert sum(saved) == M * (3 + 2 * 64) * 4, sum(saved) / M
-    saved.clear()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda p: p):
-        run("torch", x, net)
-    assert sum(saved) / M > 10 * 64 * 4
+    fused = saved_bytes_per_point(lambda: run("cpu", x, net), M)
+    assert fused == M * (3 + 2 * 64) * 4, fused / M
+    ref = saved_bytes_per_point(lambda: run("torch", x, net), M)
+    assert ref / M > 10 * 64 * 4
 
 
 def test_auto_dispatch_prefers_fused_cpu_and_falls_back():
