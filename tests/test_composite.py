@@ -314,6 +314,33 @@ def test_cpu_block_backward_matches_tile_backward_bitwise(C):
     assert torch.equal(ds_b[8:], ds_c) and torch.equal(dv_b[8:], dv_c)
 
 
+@pytest.mark.skipif(not _has_cpu_kernels(), reason="omnifast._C not built")
+@pytest.mark.parametrize("C", [1, 3, 7, 8])
+@pytest.mark.parametrize("masked", [False, True])
+def test_cpu_block_forward_matches_tile_forward_bitwise(C, masked):
+    """The forward of whole tiles of 8 rays with K a multiple of 8 is the block kernel, that of
+    the last partial tile the general tile kernel. The same rays, shifted by 5 rows, move from
+    one to the other: outputs and weights must be bit-identical (with a value mask too)."""
+    sigma, values, mask, _, _ = _inputs((21,), 16, C, "cpu", torch.float32, seed=17)
+
+    def fwd(lo, hi):
+        kw = dict(value_mask=mask[lo:hi], value_mask_from=C // 2) if masked else {}
+        with omnifast.backend("cpu"), torch.no_grad():
+            return composite(sigma[lo:hi], values[lo:hi], 2, **kw)
+
+    out_a, w_a = fwd(0, 13)    # rays 0-7 block, 8-12 tile
+    out_b, w_b = fwd(5, 21)    # rays 5-12 block, 13-20 block
+    assert torch.equal(out_a[5:13], out_b[:8]) and torch.equal(w_a[5:13], w_b[:8])
+    out_c, w_c = fwd(13, 21)   # rays 13-20 block again, as the first tile
+    assert torch.equal(out_b[8:], out_c) and torch.equal(w_b[8:], w_c)
+    # and both agree with the reference
+    ref_out, ref_w = composite_ref(sigma[5:21], values[5:21], 2,
+                                   **(dict(value_mask=mask[5:21], value_mask_from=C // 2)
+                                      if masked else {}))
+    torch.testing.assert_close(out_b, ref_out, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(w_b, ref_w, rtol=1e-5, atol=1e-6)
+
+
 def _run_with_switch_off_and_on(script: str, switch: str) -> list:
     """Runs `script` (which saves its results to the path in argv[1]) in two subprocesses, with
     the environment switch set to "0" and unset (switches are read once per process); returns
