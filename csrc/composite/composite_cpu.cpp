@@ -250,12 +250,71 @@ struct ChannelMasks {
   }
 };
 
+// out[r0 + i] = sum_k w[k * ws] v[r0 + i, k] (times the value mask in its channels) for ray i
+// of the tile of rays [r0, r0 + nr), for CT = C channels (0: C at run time). Four partial sums
+// (samples k mod 4) so that consecutive FMAs do not wait on each other.
+template <int CT>
+inline void ray_value_sum(const TileParams& p, const ChannelMasks& cm, int64_t r0, int64_t i,
+                          int64_t nr, const float* w, int64_t ws, float* out) {
+  const int64_t K = p.K, C = CT > 0 ? CT : p.C;
+  const float* vr = p.v + (r0 + i) * K * C;
+  const float* mr = p.m != nullptr ? p.m + (r0 + i) * K : nullptr;
+  __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                   _mm256_setzero_ps()};
+  const int64_t lim = (nr - i) * K * C - kLanes;  // samples with k * C > lim end the tile
+  auto step = [&](int64_t k, int u) {
+    __m256 wk = _mm256_broadcast_ss(w + k * ws);
+    if (mr != nullptr) wk = _mm256_mul_ps(wk, cm.factor(mr[k]));
+    acc[u] = _mm256_fmadd_ps(wk, cm.load(vr + k * C, k * C > lim), acc[u]);
+  };
+  int64_t k = 0;
+  for (; k + 4 <= K; k += 4) {
+    step(k, 0);
+    step(k + 1, 1);
+    step(k + 2, 2);
+    step(k + 3, 3);
+  }
+  for (; k < K; ++k) step(k, 0);
+  alignas(32) float tmp[kLanes];
+  _mm256_store_ps(tmp, _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+  for (int64_t c = 0; c < C; ++c) out[(r0 + i) * C + c] = tmp[c];
+}
+
+// The transmittance sweep of a whole tile of 8 rays with K a multiple of 8, on 8x8 blocks of
+// sigma transposed in registers: per sample k, on_sample(k, exp(-sigma_k), T_k) (lanes = rays),
+// and per block of samples [kb, kb + 8), on_block(kb, r) with the block's weights transposed
+// back (r[i] = ray i's weights of the block). The per-lane arithmetic is fwd_tile's.
+template <typename OnSample, typename OnBlock>
+inline void block_sweep(const TileParams& p, int64_t r0, OnSample&& on_sample,
+                        OnBlock&& on_block) {
+  const int64_t K = p.K;
+  const __m256 one = _mm256_set1_ps(1.f), eps = _mm256_set1_ps(transmittance_eps<float>());
+  const __m256 zero = _mm256_setzero_ps();
+  const float* srow = p.s + r0 * K;
+  __m256 T = one;
+  for (int64_t kb = 0; kb < K; kb += kLanes) {
+    __m256 r[kLanes];
+    for (int i = 0; i < kLanes; ++i) r[i] = _mm256_loadu_ps(srow + i * K + kb);
+    transpose8(r);
+    for (int j = 0; j < kLanes; ++j) {
+      const int64_t k = kb + j;
+      const __m256 e = exp_neg_avx2(r[j]);
+      const __m256 a = _mm256_mul_ps(_mm256_sub_ps(one, e), k < p.num_near ? zero : one);
+      on_sample(k, e, T);
+      r[j] = _mm256_mul_ps(a, T);
+      T = _mm256_mul_ps(T, _mm256_add_ps(_mm256_sub_ps(one, a), eps));
+    }
+    transpose8(r);
+    on_block(kb, r);
+  }
+}
+
 // Forward of the tile of rays [r0, r0 + nr), for CT = C channels (0: C at run time).
 template <int CT>
 void fwd_tile(const TileParams& p, int64_t r0, int64_t nr, const ChannelMasks& cm,
               const float* zeros, float* W, float* stage, float* out, float* weights,
               bool stream) {
-  const int64_t K = p.K, C = CT > 0 ? CT : p.C;
+  const int64_t K = p.K;
   float* E = stage;  // exp(-sigma) in lanes, then the weights' rows
   load_lanes(p.s + r0 * K, nr, K, zeros, E);
   const __m256 one = _mm256_set1_ps(1.f), eps = _mm256_set1_ps(transmittance_eps<float>());
@@ -268,30 +327,7 @@ void fwd_tile(const TileParams& p, int64_t r0, int64_t nr, const ChannelMasks& c
       T = _mm256_mul_ps(T, _mm256_add_ps(_mm256_sub_ps(one, a), eps));
     }
   }
-  for (int64_t i = 0; i < nr; ++i) {
-    const float* vr = p.v + (r0 + i) * K * C;
-    const float* mr = p.m != nullptr ? p.m + (r0 + i) * K : nullptr;
-    // Four partial sums (samples k mod 4) so that consecutive FMAs do not wait on each other.
-    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
-                     _mm256_setzero_ps()};
-    const int64_t lim = (nr - i) * K * C - kLanes;  // samples with k * C > lim end the tile
-    auto step = [&](int64_t k, int u) {
-      __m256 w = _mm256_broadcast_ss(W + k * kLanes + i);
-      if (mr != nullptr) w = _mm256_mul_ps(w, cm.factor(mr[k]));
-      acc[u] = _mm256_fmadd_ps(w, cm.load(vr + k * C, k * C > lim), acc[u]);
-    };
-    int64_t k = 0;
-    for (; k + 4 <= K; k += 4) {
-      step(k, 0);
-      step(k + 1, 1);
-      step(k + 2, 2);
-      step(k + 3, 3);
-    }
-    for (; k < K; ++k) step(k, 0);
-    alignas(32) float tmp[kLanes];
-    _mm256_store_ps(tmp, _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
-    for (int64_t c = 0; c < C; ++c) out[(r0 + i) * C + c] = tmp[c];
-  }
+  for (int64_t i = 0; i < nr; ++i) ray_value_sum<CT>(p, cm, r0, i, nr, W + i, kLanes, out);
   if (weights != nullptr) {
     if (stream) {
       store_lanes(W, nr, K, stage);
@@ -433,25 +469,10 @@ void bwd_tile(const TileParams& p, int64_t r0, int64_t nr, const ChannelMasks& c
 template <int CT>
 void fwd_block_tile(const TileParams& p, int64_t r0, const ChannelMasks& cm, float* Wrow,
                     float* out, float* weights, bool stream) {
-  const int64_t K = p.K, C = CT > 0 ? CT : p.C;
-  const __m256 one = _mm256_set1_ps(1.f), eps = _mm256_set1_ps(transmittance_eps<float>());
-  const __m256 zero = _mm256_setzero_ps();
-  const float* srow = p.s + r0 * K;
+  const int64_t K = p.K;
   float* wout = weights != nullptr ? weights + r0 * K : nullptr;
   const bool stream_w = stream && wout != nullptr && (reinterpret_cast<uintptr_t>(wout) & 31) == 0;
-  __m256 T = one;
-  for (int64_t kb = 0; kb < K; kb += kLanes) {
-    __m256 r[kLanes];
-    for (int i = 0; i < kLanes; ++i) r[i] = _mm256_loadu_ps(srow + i * K + kb);
-    transpose8(r);
-    for (int j = 0; j < kLanes; ++j) {
-      const int64_t k = kb + j;
-      const __m256 e = exp_neg_avx2(r[j]);
-      const __m256 a = _mm256_mul_ps(_mm256_sub_ps(one, e), k < p.num_near ? zero : one);
-      r[j] = _mm256_mul_ps(a, T);
-      T = _mm256_mul_ps(T, _mm256_add_ps(_mm256_sub_ps(one, a), eps));
-    }
-    transpose8(r);
+  block_sweep(p, r0, [](int64_t, __m256, __m256) {}, [&](int64_t kb, const __m256* r) {
     for (int i = 0; i < kLanes; ++i) {
       _mm256_storeu_ps(Wrow + i * K + kb, r[i]);
       if (stream_w) {
@@ -460,27 +481,9 @@ void fwd_block_tile(const TileParams& p, int64_t r0, const ChannelMasks& cm, flo
         _mm256_storeu_ps(wout + i * K + kb, r[i]);
       }
     }
-  }
+  });
   for (int64_t i = 0; i < kLanes; ++i) {
-    const float* vr = p.v + (r0 + i) * K * C;
-    const float* mr = p.m != nullptr ? p.m + (r0 + i) * K : nullptr;
-    const float* wr = Wrow + i * K;
-    __m256 acc[4] = {zero, zero, zero, zero};
-    const int64_t lim = (kLanes - i) * K * C - kLanes;  // samples with k * C > lim end the tile
-    auto step = [&](int64_t k, int u) {
-      __m256 w = _mm256_broadcast_ss(wr + k);
-      if (mr != nullptr) w = _mm256_mul_ps(w, cm.factor(mr[k]));
-      acc[u] = _mm256_fmadd_ps(w, cm.load(vr + k * C, k * C > lim), acc[u]);
-    };
-    for (int64_t k = 0; k < K; k += 4) {
-      step(k, 0);
-      step(k + 1, 1);
-      step(k + 2, 2);
-      step(k + 3, 3);
-    }
-    alignas(32) float tmp[kLanes];
-    _mm256_store_ps(tmp, _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
-    for (int64_t c = 0; c < C; ++c) out[(r0 + i) * C + c] = tmp[c];
+    ray_value_sum<CT>(p, cm, r0, i, kLanes, Wrow + i * K, 1, out);
   }
 }
 
@@ -523,24 +526,15 @@ void bwd_block_tile(const TileParams& p, int64_t r0, const ChannelMasks& cm,
   const __m256 one = _mm256_set1_ps(1.f), eps = _mm256_set1_ps(transmittance_eps<float>());
   const __m256 zero = _mm256_setzero_ps();
 
-  const float* srow = p.s + r0 * K;
-  __m256 T = one;
-  for (int64_t kb = 0; kb < K; kb += kLanes) {
-    __m256 r[kLanes];
-    for (int i = 0; i < kLanes; ++i) r[i] = _mm256_loadu_ps(srow + i * K + kb);
-    transpose8(r);
-    for (int j = 0; j < kLanes; ++j) {
-      const int64_t k = kb + j;
-      const __m256 e = exp_neg_avx2(r[j]);
-      const __m256 a = _mm256_mul_ps(_mm256_sub_ps(one, e), k < p.num_near ? zero : one);
-      _mm256_storeu_ps(E + k * kLanes, e);
-      _mm256_storeu_ps(Tr + k * kLanes, T);
-      r[j] = _mm256_mul_ps(a, T);
-      T = _mm256_mul_ps(T, _mm256_add_ps(_mm256_sub_ps(one, a), eps));
-    }
-    transpose8(r);
-    for (int i = 0; i < kLanes; ++i) _mm256_storeu_ps(Wrow + i * K + kb, r[i]);
-  }
+  block_sweep(
+      p, r0,
+      [&](int64_t k, __m256 e, __m256 T) {
+        _mm256_storeu_ps(E + k * kLanes, e);
+        _mm256_storeu_ps(Tr + k * kLanes, T);
+      },
+      [&](int64_t kb, const __m256* r) {
+        for (int i = 0; i < kLanes; ++i) _mm256_storeu_ps(Wrow + i * K + kb, r[i]);
+      });
 
   for (int64_t i = 0; i < kLanes; ++i) {
     const float* vr = p.v + (r0 + i) * K * C;
