@@ -198,16 +198,29 @@ inline void write_out(float* dst, const float* src, int64_t n, bool stream) {
   for (; i < n; ++i) dst[i] = src[i];
 }
 
-// Whether an output of `bytes` is written with streaming stores. Only outputs larger than the
-// last-level cache (32 MiB here) are: nothing of them would still be cached for their consumer
-// anyway, and streaming stores skip the read-for-ownership of every line. Smaller outputs
-// (weights, dsigma: 8 MB at the training shape) are written with plain stores, which measured
-// faster for them (benchmarks/RESULTS.md). OMNIFAST_COMPOSITE_STREAM=0 turns streaming off.
+// Whether an output of `bytes` is written with streaming stores, which skip the
+// read-for-ownership of every line (for a store-heavy kernel a third of its memory traffic)
+// but leave nothing in the cache for the output's consumer.
+// * stream_output: the value gradients, written per ray straight from registers. Only outputs
+//   larger than the last-level cache (32 MiB here) stream: nothing of them would still be
+//   cached for their consumer anyway.
+// * stream_rows: the per-sample outputs (weights, dsigma: 8 MiB at the training shape), which
+//   the tile kernels build per tile in an L1 buffer and then write out in one sequential sweep,
+//   so that every 64-byte line is written whole by consecutive streaming stores. They stream
+//   from 4 MiB: the kernels that write them read 8x as many input bytes meanwhile, so little
+//   of such an output would survive in the cache either (measured: forward 3.04 -> 2.66 ms,
+//   backward 4.11 -> 3.81 ms at the training shape, benchmarks/RESULTS.md). Streamed straight
+//   from registers instead (8 rays' 32-byte pieces at a time, each line in two halves far
+//   apart), they had measured slower than plain stores.
+// OMNIFAST_COMPOSITE_STREAM=0 turns streaming off.
 constexpr int64_t kStreamMinBytes = int64_t(32) << 20;
-bool stream_output(int64_t bytes) {
+constexpr int64_t kStreamRowsMinBytes = int64_t(4) << 20;
+bool stream_enabled() {
   static const bool on = omnifast::env_switch_on("OMNIFAST_COMPOSITE_STREAM");
-  return on && bytes > kStreamMinBytes;
+  return on;
 }
+bool stream_output(int64_t bytes) { return stream_enabled() && bytes > kStreamMinBytes; }
+bool stream_rows(int64_t bytes) { return stream_enabled() && bytes >= kStreamRowsMinBytes; }
 
 bool use_tiles(const at::Tensor& sigma, int64_t K, int64_t C) {
   return sigma.scalar_type() == at::kFloat && K >= 1 && K <= kTileMaxK && C >= 1 && C <= kLanes;
@@ -462,26 +475,25 @@ void bwd_tile(const TileParams& p, int64_t r0, int64_t nr, const ChannelMasks& c
 
 // Forward of a whole tile of 8 rays when K is a multiple of 8: the transmittance sweep runs on
 // 8x8 blocks of sigma transposed in registers, and each block's weights are transposed back and
-// written to the weights output and to a row-major scratch ([8][K]) straight from registers,
-// so the tile's exp(-sigma) and weights never make the scratch round trips of fwd_tile (lanes
-// in, then store_lanes out). The per-lane arithmetic and the per-ray value sums are fwd_tile's,
-// in the same order (bit-identical results; a test moves rays between the two).
+// written to a row-major scratch ([8][K], the tile's part of the weights output in its layout)
+// straight from registers, so the tile's exp(-sigma) and weights never make the scratch round
+// trips of fwd_tile (lanes in, then store_lanes out). The scratch is then copied to the weights
+// output in one sequential sweep of streaming stores (`stream`), or the weights are written in
+// place from registers. The per-lane arithmetic and the per-ray value sums are fwd_tile's, in
+// the same order (bit-identical results; a test moves rays between the two).
 template <int CT>
 void fwd_block_tile(const TileParams& p, int64_t r0, const ChannelMasks& cm, float* Wrow,
                     float* out, float* weights, bool stream) {
   const int64_t K = p.K;
   float* wout = weights != nullptr ? weights + r0 * K : nullptr;
-  const bool stream_w = stream && wout != nullptr && (reinterpret_cast<uintptr_t>(wout) & 31) == 0;
+  float* direct = stream ? nullptr : wout;
   block_sweep(p, r0, [](int64_t, __m256, __m256) {}, [&](int64_t kb, const __m256* r) {
     for (int i = 0; i < kLanes; ++i) {
       _mm256_storeu_ps(Wrow + i * K + kb, r[i]);
-      if (stream_w) {
-        _mm256_stream_ps(wout + i * K + kb, r[i]);
-      } else if (wout != nullptr) {
-        _mm256_storeu_ps(wout + i * K + kb, r[i]);
-      }
+      if (direct != nullptr) _mm256_storeu_ps(direct + i * K + kb, r[i]);
     }
   });
+  if (stream && wout != nullptr) write_out(wout, Wrow, kLanes * K, true);
   for (int64_t i = 0; i < kLanes; ++i) {
     ray_value_sum<CT>(p, cm, r0, i, kLanes, Wrow + i * K, 1, out);
   }
@@ -589,15 +601,12 @@ void bwd_block_tile(const TileParams& p, int64_t r0, const ChannelMasks& cm,
                         _mm256_mul_ps(_mm256_add_ps(_mm256_sub_ps(one, a), eps), U));
     }
     transpose8(h);
-    for (int i = 0; i < kLanes; ++i) {
-      float* dst = dsr + i * K + kb;
-      if (stream_ds && (reinterpret_cast<uintptr_t>(dst) & 31) == 0) {
-        _mm256_stream_ps(dst, h[i]);
-      } else {
-        _mm256_storeu_ps(dst, h[i]);
-      }
-    }
+    // Streaming: staged in the weights' rows (no longer needed) and written out in one
+    // sequential sweep below; otherwise in place.
+    float* dst = stream_ds ? Wrow : dsr;
+    for (int i = 0; i < kLanes; ++i) _mm256_storeu_ps(dst + i * K + kb, h[i]);
   }
+  if (stream_ds) write_out(dsr, Wrow, kLanes * K, true);
 }
 
 // bwd_block_tile for the channel count C (1 <= C <= 8).
@@ -631,7 +640,7 @@ void composite_fwd_cpu(const at::Tensor& sigma, const at::Tensor& values,
                        cptr<float>(value_mask), R, K, C, value_mask_from, num_masked_near};
     float* o = out.data_ptr<float>();
     float* w = mptr<float>(weights);
-    const bool stream = stream_output(R * K * int64_t(sizeof(float)));
+    const bool stream = stream_rows(R * K * int64_t(sizeof(float)));
     const int64_t Kp = (K + kLanes - 1) / kLanes * kLanes;
     const bool block = K % kLanes == 0;  // whole tiles take fwd_block_tile
     at::parallel_for(0, (R + kLanes - 1) / kLanes, kGrainTiles, [&](int64_t t0, int64_t t1) {
@@ -692,7 +701,7 @@ void composite_bwd_cpu(const at::Tensor& sigma, const at::Tensor& values,
     const float* gw = cptr<float>(dweights);
     float* ds = mptr<float>(dsigma);
     float* dv = mptr<float>(dvalues);
-    const bool stream_ds = stream_output(R * K * int64_t(sizeof(float)));
+    const bool stream_ds = stream_rows(R * K * int64_t(sizeof(float)));
     const bool stream = stream_output(R * K * C * int64_t(sizeof(float)));
     const int64_t Kp = (K + kLanes - 1) / kLanes * kLanes;
     const BlockPattern pattern(C);
