@@ -364,11 +364,13 @@ def _run_with_switch_off_and_on(script: str, switch: str) -> list:
 
 @pytest.mark.skipif(not _has_cpu_kernels(), reason="omnifast._C not built")
 def test_cpu_plain_stores_match_streaming_stores():
-    """Outputs above 32 MiB are written with streaming stores by default; with
-    OMNIFAST_COMPOSITE_STREAM=0 every output is written with plain stores. Both give
-    bit-identical results. The switch is read once per process, so each runs in a subprocess.
-    Shapes: [40000, 32, 7] streams dvalues only (36 MB); [66000, 128, 1] streams the weights,
-    dsigma and dvalues (34 MB each); R is not a multiple of the tile or of the parallel grain."""
+    """By default dvalues above 32 MiB and weights and dsigma from 4 MiB are written with
+    streaming stores (weights and dsigma staged per tile); with OMNIFAST_COMPOSITE_STREAM=0
+    every output is written with plain stores. Both give bit-identical results. The switch is
+    read once per process, so each runs in a subprocess. Shapes: [40001, 32, 7] streams
+    dvalues (36 MB), weights and dsigma (5 MB each) through the block kernels and the last
+    partial tile; [66003, 128, 1] streams all three (34 MB each); R is not a multiple of the
+    tile or of the parallel grain."""
     script = (
         "import sys, torch, omnifast\n"
         "from omnifast.ops.composite import composite\n"

@@ -101,13 +101,13 @@ void dispatch_channels(int64_t C, Fn&& fn) {
 // same order. sigma (and dweights) are read as 8x8 blocks and transposed in registers; the
 // per-sample channel work (value sums, value gradients) runs per ray on 8-lane vectors of
 // channels. A tile's outputs are contiguous in memory (rays are consecutive): with streaming
-// stores (`stream_output`) they are built in a small per-thread staging buffer and then written
-// out once, in one sequential sweep of non-temporal stores; with plain stores they are written
-// in place. Either way every output byte is written exactly once, and nothing is zero-filled.
-// Whole tiles with K a multiple of 8 (every training and inference call) take the block kernels
-// (`fwd_block_tile`, `bwd_block_tile`), which keep the transposed blocks in registers and write
-// the outputs from there; the general tile kernels serve the last partial tile, other K, and
-// (backward only) value masks.
+// stores (`stream_output`, `stream_rows`) they are built in a small per-thread staging buffer
+// and then written out once, in one sequential sweep of non-temporal stores; with plain stores
+// they are written in place. Either way every output byte is written exactly once, and nothing
+// is zero-filled. Whole tiles with K a multiple of 8 (every training and inference call) take
+// the block kernels (`fwd_block_tile`, `bwd_block_tile`), which keep the transposed blocks in
+// registers and write the value gradients from there; the general tile kernels serve the last
+// partial tile, other K, and (backward only) value masks.
 constexpr int kLanes = 8;
 constexpr int64_t kTileMaxK = 128;
 constexpr int64_t kGrainTiles = 64;
