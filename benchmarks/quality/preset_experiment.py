@@ -59,8 +59,8 @@ def main() -> None:
                                       **_fields(a.flow))
     tracker = fit(clip.video, preset=p, iters=a.iters, seed=a.seed, out_dir=a.out, progress=False,
                   **kw)
-    result = {"clip": a.clip, "motion": a.motion, "iters": a.iters or p.train.num_iters, "seed": a.seed,
-              "set": a.set, "mset": a.mset, "flow": a.flow,
+    result = {"clip": a.clip, "motion": a.motion, "iters": a.iters or p.train.num_iters,
+              "seed": a.seed, "set": a.set, "mset": a.mset, "flow": a.flow,
               "fit_s": round(time.perf_counter() - t0, 1),
               **score(tracker, clip)}
     print(json.dumps(result))
