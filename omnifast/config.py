@@ -88,6 +88,27 @@ class Preset:
     def replace(self, **train_overrides) -> Preset:
         return dataclasses.replace(self, train=dataclasses.replace(self.train, **train_overrides))
 
+    def with_steps(self, num_iters: int) -> Preset:
+        """This preset run for ``num_iters`` steps with every schedule scaled in proportion.
+
+        The step counts of the learning-rate decay, the pair-interval growth, the error cache,
+        the loss-weight ramps, mask_near and the checkpoints are multiplied by
+        ``num_iters / self.train.num_iters`` (rounded, at least 1), so that a shorter fit goes
+        through the same phases; ``fit(iters=N)`` instead stops the preset's schedule at N.
+        """
+        if int(num_iters) < 1:
+            raise ValueError(f"num_iters must be >= 1, got {num_iters}")
+        f = int(num_iters) / self.train.num_iters
+        t = self.train
+        scaled = {name: max(1, round(getattr(t, name) * f)) for name in _SCHEDULE_FIELDS}
+        return self.replace(num_iters=int(num_iters), **scaled)
+
+
+#: TrainConfig fields counted in steps, scaled by :meth:`Preset.with_steps`
+_SCHEDULE_FIELDS = ("lr_decay_steps", "interval_growth_steps", "mask_near_steps", "cache_every",
+                    "rgb_ramp_steps", "flow_grad_ramp_steps", "dist_start", "dist_ramp_steps",
+                    "checkpoint_every")
+
 
 OMNIMOTION = Preset(
     name="omnimotion",

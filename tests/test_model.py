@@ -191,6 +191,27 @@ def test_presets():
     assert model.deform_mlp.affine_mlp is None
 
 
+def test_preset_with_steps_scales_every_schedule():
+    """with_steps(n) keeps the preset's phases at the same fractions of a shorter or longer
+    fit; fields not counted in steps are left alone."""
+    cpu = omnifast.get_preset("cpu")
+    half = cpu.with_steps(cpu.train.num_iters // 2)
+    t, h = cpu.train, half.train
+    assert h.num_iters == t.num_iters // 2
+    for name in ("lr_decay_steps", "interval_growth_steps", "cache_every", "rgb_ramp_steps",
+                 "dist_start", "dist_ramp_steps", "mask_near_steps", "checkpoint_every",
+                 "flow_grad_ramp_steps"):
+        assert getattr(h, name) == max(1, round(getattr(t, name) / 2)), name
+    assert (h.lr_deform, h.num_pts, h.rgb_weight_max, h.start_interval) == (
+        t.lr_deform, t.num_pts, t.rgb_weight_max, t.start_interval)
+    assert half.model == cpu.model
+    tiny = cpu.with_steps(1)
+    assert tiny.train.lr_decay_steps == 1 and tiny.train.num_iters == 1
+    assert cpu.with_steps(cpu.train.num_iters) == cpu
+    with pytest.raises(ValueError, match="num_iters"):
+        cpu.with_steps(0)
+
+
 def test_bad_shapes_are_reported():
     model = OmniMotion(SMALL, num_frames=3)
     with pytest.raises(ValueError, match="frame_ids"):
