@@ -83,7 +83,13 @@ def cmd_track(args: argparse.Namespace) -> int:
     from omnifast.train.trainer import resolve_device  # noqa: PLC0415
 
     tracker = load_tracker(args.dir, device=resolve_device(args.device))
-    tracks, occluded = tracker.track(queries)
+    if args.refine is not None:
+        from omnifast.data.video import load_video  # noqa: PLC0415
+
+        video = load_video(args.refine, max_side=max(tracker.height, tracker.width))
+        tracks, occluded = tracker.track_refined(queries, video)
+    else:
+        tracks, occluded = tracker.track(queries)
     from omnifast.api import save_tracks  # noqa: PLC0415
 
     out = save_tracks(args.out, queries, tracks, occluded)
@@ -178,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queries", required=True, help=".npy float array [N, 3] as (t, y, x)")
     p.add_argument("--out", required=True, help="output .npz (tracks [N, T, 2], occluded [N, T])")
     p.add_argument("--device", default=None, choices=["cpu", "cuda"])
+    p.add_argument("--refine", default=None, metavar="VIDEO",
+                   help="refine the positions against the fitted clip (the same video or "
+                        "frames): template matching from each query's frame")
     p.set_defaults(func=cmd_track)
 
     p = sub.add_parser("info", help="versions, available backends and build flags")

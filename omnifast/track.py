@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from omnifast import ops
 from omnifast.model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -170,7 +171,8 @@ class Tracker:
 
     @torch.no_grad()
     def track(self, query_points, *, chunk_size: int | None = None,
-              frames: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+              frames: Sequence[int] | None = None, with_occlusion: bool = True
+              ) -> tuple[np.ndarray, np.ndarray]:
         """Track query points through every frame.
 
         Args:
@@ -178,6 +180,8 @@ class Tracker:
                 [N, 3]
             chunk_size: queries processed together (default ``self.chunk_size``).
             frames: target frames (default all ``T``).
+            with_occlusion: decide occlusion (one more ray per query and frame); when False
+                positions are computed and ``occluded`` is all False (about 2x faster).
 
         Returns:
             ``(tracks [N, T', 2] float32 as (x, y) pixels, occluded [N, T'] bool)``; at the
@@ -208,7 +212,7 @@ class Tracker:
                 tg = tgt[g0:g0 + group]
                 a = anchors.repeat(tg.shape[0], 1)
                 tf = tg.repeat_interleave(m)
-                p_out, occ = self._follow(a, tf, with_occlusion=True)
+                p_out, occ = self._follow(a, tf, with_occlusion=with_occlusion)
                 p_out = p_out.reshape(tg.shape[0], m, 2).transpose(0, 1)
                 occ = occ.reshape(tg.shape[0], m).transpose(0, 1)
                 same = qt[:, None] == tg[None, :]
@@ -217,6 +221,107 @@ class Tracker:
                 tracks[start:start + m, g0:g0 + tg.shape[0]] = p_out.float().cpu().numpy()
                 occluded[start:start + m, g0:g0 + tg.shape[0]] = occ.cpu().numpy()
         return tracks, occluded
+
+    def local_jacobians(self, query_points, *, delta: float = 1.5,
+                        chunk_size: int | None = None) -> np.ndarray:
+        """Derivative of each track with respect to its query position, by central differences.
+
+        Tracks the queries moved by +-``delta`` pixels in x and in y (four calls of
+        :meth:`track` without occlusion, about twice the cost of one with it). Returns
+        [N, T, 2, 2] float32: ``[..., :, 0]`` = d(x, y)/dx, ``[..., :, 1]`` = d(x, y)/dy of
+        the query.
+        """
+        q = self.check_queries(query_points)
+        moved = []
+        for dx, dy in ((delta, 0.0), (-delta, 0.0), (0.0, delta), (0.0, -delta)):
+            qq = q.copy()
+            qq[:, 2] += dx
+            qq[:, 1] += dy
+            moved.append(self.track(qq, chunk_size=chunk_size, with_occlusion=False)[0])
+        jx = (moved[0] - moved[1]) / (2 * delta)
+        jy = (moved[2] - moved[3]) / (2 * delta)
+        return np.stack([jx, jy], -1).astype(np.float32)
+
+    def template_weights(self, query_points, tracks=None, jacobians=None, *, radius: int = 2,
+                         sigma: float = 0.25, with_occlusion: bool = True,
+                         chunk_size: int | None = None) -> np.ndarray:
+        """Per target frame, how far each pixel of a query's template moves with the query.
+
+        Every pixel ``o`` of the (2r+1)^2 patch around a query is tracked too; its weight in
+        frame t is ``exp(-|track(q + o) - track(q) - J o|^2 / (2 sigma^2))`` (zero where the
+        model says that pixel is occluded, with ``with_occlusion``), then the smallest over
+        its 3x3 neighbourhood, because a bilinear sample next to a layer boundary mixes in
+        the other layer. Near a boundary this keeps the query's own layer and drops the rest.
+        Costs (2r+1)^2 :meth:`track` calls for the queries.
+
+        Args:
+            query_points: [N, 3] (t, y, x).
+            tracks: the queries' own tracks (default: computed). [N, T, 2]
+            jacobians: as :meth:`local_jacobians` (default: computed). [N, T, 2, 2]
+
+        Returns:
+            [N, T, (2r+1)^2] float32 in [0, 1], pixels row-major (y, then x), the layout of
+            :func:`omnifast.refine.refine_tracks`' ``weights``.
+        """
+        q = self.check_queries(query_points)
+        if radius < 0 or not sigma > 0:
+            raise ValueError("radius must be >= 0 and sigma > 0")
+        n, t_count, side = len(q), self.num_frames, 2 * radius + 1
+        if tracks is None:
+            tracks = self.track(q, chunk_size=chunk_size, with_occlusion=False)[0]
+        if jacobians is None:
+            jacobians = self.local_jacobians(q, chunk_size=chunk_size)
+        ar = np.arange(-radius, radius + 1, dtype=np.float64)
+        oy, ox = np.meshgrid(ar, ar, indexing="ij")
+        offs = np.stack([ox.reshape(-1), oy.reshape(-1)], -1)  # [P, 2] as (x, y)
+        num_pix = len(offs)
+        qq = np.repeat(q, num_pix, 0)
+        qq[:, 2] += np.tile(offs[:, 0], n)
+        qq[:, 1] += np.tile(offs[:, 1], n)
+        moved, occ = self.track(qq, chunk_size=chunk_size, with_occlusion=with_occlusion)
+        moved = moved.reshape(n, num_pix, t_count, 2)
+        expect = np.asarray(tracks, np.float64)[:, None] + np.einsum(
+            "ntab,pb->npta", np.asarray(jacobians, np.float64), offs)
+        w = np.exp(-((moved - expect) ** 2).sum(-1) / (2.0 * sigma * sigma))
+        if with_occlusion:
+            w = w * ~occ.reshape(n, num_pix, t_count)
+        wt = torch.from_numpy(w.transpose(0, 2, 1).reshape(n * t_count, 1, side, side)).float()
+        wt = -F.max_pool2d(F.pad(-wt, (1, 1, 1, 1), mode="replicate"), 3, 1)
+        return wt.reshape(n, t_count, num_pix).numpy()
+
+    def track_refined(self, query_points, video, *, chunk_size: int | None = None,
+                      boundary_weights: bool = False, **refine_kw
+                      ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`track`, then :func:`omnifast.refine.refine_tracks` against the video.
+
+        Positions are corrected by template matching from the query frame, warped by the
+        fitted model's local Jacobian; occlusion flags are the model's. With
+        ``boundary_weights`` the match is restricted to the pixels that
+        :meth:`template_weights` says move with the query, and frames next to a boundary keep
+        the model's position: better where the fit is good (a smooth local mapping), worse
+        where it is not (benchmarks/RESULTS.md, quality). ``refine_kw`` are passed on
+        (``radius``, ``search``, ``min_score``, ...). Costs about 3 :meth:`track` calls, plus
+        (2r+1)^2 with the boundary weights.
+
+        Returns:
+            ``(tracks [N, T, 2] float32, occluded [N, T] bool)`` as :meth:`track`.
+        """
+        from omnifast.refine import DEFAULT_RADIUS, refine_tracks  # noqa: PLC0415
+
+        frames = np.asarray(video)
+        if frames.ndim != 4 or frames.shape[0] != self.num_frames or \
+                frames.shape[1:3] != (self.height, self.width):
+            raise ValueError(f"video must be [{self.num_frames}, {self.height}, {self.width}, C] "
+                             f"(the fitted clip), got {list(frames.shape)}")
+        q = self.check_queries(query_points)
+        tracks, occluded = self.track(q, chunk_size=chunk_size)
+        jac = self.local_jacobians(q, chunk_size=chunk_size)
+        wts = None
+        if boundary_weights and len(q):
+            wts = self.template_weights(q, tracks, jac, chunk_size=chunk_size,
+                                        radius=refine_kw.get("radius", DEFAULT_RADIUS))
+        refined, _ = refine_tracks(frames, q, tracks, occluded, jac, wts, **refine_kw)
+        return refined, occluded
 
     def grid_queries(self, frame: int = 0, spacing: int | None = None,
                      num_points: int = 256) -> np.ndarray:

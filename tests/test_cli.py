@@ -99,6 +99,27 @@ def test_track_command(fitted, capsys, tmp_path):
     np.testing.assert_allclose(r["tracks"], tracks)
 
 
+def test_track_command_refined(fitted, capsys, tmp_path):
+    root, out = fitted
+    clip = make_clip()
+    q = np.array([[0, 10, 12], [2, 20.5, 25]], np.float32)
+    np.save(tmp_path / "q.npy", q)
+    code, stdout, _ = run_cli(["track", out, "--queries", tmp_path / "q.npy", "--out",
+                               tmp_path / "r.npz", "--refine", root / "clip"], capsys)
+    assert code == 0 and "tracked 2 points" in stdout
+    r = np.load(tmp_path / "r.npz")
+    tracker = omnifast.load_tracker(out / "tracker.pt")
+    expect, occ = tracker.track_refined(q, clip)
+    np.testing.assert_allclose(r["tracks"], expect, atol=1e-4)
+    assert (r["occluded"] == occ).all()
+    # a video that is not the fitted clip is refused with one line
+    write_folder(tmp_path / "short", clip[:2])
+    code, _, err = run_cli(["track", out, "--queries", tmp_path / "q.npy", "--out",
+                            tmp_path / "r2.npz", "--refine", tmp_path / "short"], capsys)
+    assert_one_line_error(code, err, "fitted clip")
+    assert not (tmp_path / "r2.npz").exists()
+
+
 @pytest.mark.parametrize("queries, match", [
     (np.zeros((5, 2), np.float32), "[N, 3]"),
     (np.array([[T, 1, 1]], np.float32), "outside the video"),

@@ -53,6 +53,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("eval-out"),
                    help="output folder (results.json, charts, videos)")
     p.add_argument("--no-video", action="store_true", help="skip the comparison videos")
+    p.add_argument("--no-refine", action="store_true",
+                   help="do not score the appearance-refined tracks (omnifast_refined)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -101,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
                        load=args.load, baselines=baselines, skip_omnifast=args.baselines_only,
                        device=args.device, write_videos=not args.no_video,
                        progress=not args.no_progress, exact_motion=args.exact_motion,
+                       refine=not args.no_refine,
                        fit_fn=getattr(args, "fit_fn", None))
     except (ValueError, FileNotFoundError) as e:
         print(f"omnifast eval: {e}", file=sys.stderr)
@@ -112,6 +115,10 @@ def run(args: argparse.Namespace) -> int:
               f"(need >= {tgt['davg_gap_required']:.2f}), OA {tgt['occlusion_accuracy']:.3f} "
               f"(need >= {tgt['occlusion_accuracy_required']:.2f}): "
               f"{'met' if tgt['met'] else 'NOT met'}")
+        if "refined_davg_gap" in tgt:
+            print(f"  refined tracks: dAvg gap {tgt['refined_davg_gap']:+.3f}, OA "
+                  f"{tgt['refined_occlusion_accuracy']:.3f}: "
+                  f"{'met' if tgt['refined_met'] else 'NOT met'}")
     print(f"wrote {args.out / 'results.json'}, quality_bars.png, threshold_curves.png"
           + ("" if args.no_video else ", <clip>/compare.mp4"))
     return 0

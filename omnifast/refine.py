@@ -1,0 +1,377 @@
+"""Appearance refinement of fitted tracks: sub-pixel corrections by local template matching.
+
+This stage is omnifast's own addition; OmniMotion (spec 3.8) stops at the fitted model's
+correspondences. A short fit of the small ``cpu`` preset tracks every layer but leaves the
+foreground 1-4 px off for long stretches (benchmarks/RESULTS.md, quality); the video itself
+says where the point is to a fraction of a pixel. So, for each query and each target frame:
+
+* the template is a (2r+1)^2 patch of the *query* frame around the query point, warped into
+  the target frame by the fitted model's local Jacobian (the prediction's derivative with
+  respect to the query position) so that rotation and scale changes of the layer are followed;
+* the warp uses only the rotation-and-scale part of the Jacobian (a short fit's Jacobians
+  are noisy);
+* it is compared (zero-mean normalised cross-correlation over the colour channels) with the
+  target frame at every integer offset within ``search`` pixels of the prediction, and the
+  best offset is refined to sub-pixel precision by Gauss-Newton (Lucas-Kanade) steps on the
+  translation, robust to pixels that do not match (another layer in the patch);
+* where that finds no confident match, a second, wider search (``fallback_search``) with
+  the template unwarped and a stricter threshold: where the model is a few pixels off, its
+  Jacobian is usually wrong too;
+* optional per-pixel template weights (:meth:`omnifast.track.Tracker.template_weights`: the
+  model's say on which pixels move with the query) restrict the match to the query's layer,
+  and frames where too little of the template is left (``min_support``) keep the model's
+  position: next to a layer boundary a patch match is less precise than a good model;
+* the correction is kept only where the match is confident (score >= ``min_score``, peak inside
+  the window) and the model says the point is visible; it is carried to the next frame (further
+  from the query frame) as the centre of the next search, and reset to zero wherever a frame is
+  not refined (occluded, outside the frame, no confident match).
+
+The template always comes from the query frame, so errors do not accumulate the way they do
+when flow is chained frame to frame; the fitted model still decides where to look, across
+occlusions, and whether the point is visible (occlusion flags are not changed).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+#: default template radius r (a 5x5 patch) and search radius (7x7 integer offsets)
+DEFAULT_RADIUS = 2
+DEFAULT_SEARCH = 3
+#: default search radius of the second, unwarped match where the first finds nothing
+DEFAULT_FALLBACK_SEARCH = 6
+#: default minimum normalised cross-correlation of a match of the second search
+DEFAULT_FALLBACK_MIN_SCORE = 0.9
+#: default minimum normalised cross-correlation of an accepted match
+DEFAULT_MIN_SCORE = 0.8
+#: smallest residual scale of the robust steps (per pixel, in units of the normalised patch)
+ROBUST_FLOOR = 0.02
+#: default smallest mean template weight of a refined frame (when weights are given)
+DEFAULT_MIN_SUPPORT = 0.8
+
+
+def _frames_tensor(video) -> torch.Tensor:
+    """[T, H, W, C] uint8 or float (0-1 or 0-255) -> [T, C, H, W] float32 in [0, 1]."""
+    v = torch.as_tensor(np.asarray(video))
+    if v.dim() == 3:
+        v = v[..., None]
+    if v.dim() != 4:
+        raise ValueError(f"video must be [T, H, W, C] (or [T, H, W]), got {list(v.shape)}")
+    v = v.float()
+    if np.asarray(video).dtype == np.uint8 or float(v.max()) > 1.0:
+        v = v / 255.0
+    return v.permute(0, 3, 1, 2).contiguous()
+
+
+def _sample(frame: torch.Tensor, pts: torch.Tensor) -> torch.Tensor:
+    """Bilinear samples of one frame [C, H, W] at (x, y) pixels [M, P, 2] -> [M, P, C]."""
+    c, h, w = frame.shape
+    g = torch.empty_like(pts)
+    g[..., 0] = pts[..., 0] * (2.0 / max(w - 1, 1)) - 1.0
+    g[..., 1] = pts[..., 1] * (2.0 / max(h - 1, 1)) - 1.0
+    out = F.grid_sample(frame[None], g[None], mode="bilinear", padding_mode="border",
+                        align_corners=True)
+    return out[0].permute(1, 2, 0)
+
+
+def _normalise(x: torch.Tensor, sw: torch.Tensor | None = None) -> torch.Tensor:
+    """Zero-mean, unit-norm vectors along the last dimension; with ``sw`` (square roots of
+    non-negative weights, broadcastable to ``x``) the weighted mean is removed and the result
+    scaled by ``sw``, so that the dot product of two such vectors is their weighted NCC."""
+    if sw is None:
+        x = x - x.mean(-1, keepdim=True)
+    else:
+        w = sw * sw
+        x = (x - (w * x).sum(-1, keepdim=True) / w.sum(-1, keepdim=True).clamp(min=1e-12)) * sw
+    return x / (x.norm(dim=-1, keepdim=True) + 1e-6)
+
+
+def _parabola(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """Offset in [-0.5, 0.5] of the peak of the parabola through (-1, a), (0, b), (1, c)."""
+    d = a - 2.0 * b + c
+    off = torch.where(d < 0, 0.5 * (a - c) / torch.where(d < 0, d, -torch.ones_like(d)),
+                      torch.zeros_like(d))
+    return off.clamp(-0.5, 0.5)
+
+
+def _gradients(frames: torch.Tensor) -> torch.Tensor:
+    """Central-difference x and y derivatives of every frame. [T, C, H, W] -> [T, 2C, H, W]"""
+    pad = F.pad(frames, (1, 1, 1, 1), mode="replicate")
+    gx = 0.5 * (pad[..., 1:-1, 2:] - pad[..., 1:-1, :-2])
+    gy = 0.5 * (pad[..., 2:, 1:-1] - pad[..., :-2, 1:-1])
+    return torch.cat([gx, gy], 1)
+
+
+def _lucas_kanade(frame: torch.Tensor, grad: torch.Tensor, tmpl_raw: torch.Tensor,
+                  p: torch.Tensor, pat_off: torch.Tensor, iterations: int,
+                  sw: torch.Tensor | None = None, robust: bool = False
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gauss-Newton steps on the translation p of each patch (the warp's linear part fixed)
+    minimising the weighted distance between the normalised patch I(p + off) and the
+    normalised template (``tmpl_raw``: the template's samples [M, P*C]; ``sw``: square roots
+    of the pixel weights, [M, P*C] or None). With ``robust``, pixels whose residual is far
+    above the patch's median (another layer inside the patch) are down-weighted after each
+    step (Tukey's biweight). Returns (p, final weighted NCC).
+
+    The integer search leaves the estimate biased towards whole pixels (the bilinear samples
+    at fractional positions are smoothed); these steps remove most of that bias.
+    """
+    m, c = p.shape[0], frame.shape[0]
+    base = torch.ones_like(tmpl_raw) if sw is None else sw
+    rob = torch.ones_like(tmpl_raw)
+    for _ in range(iterations):
+        s = base * rob
+        w = s * s
+        wsum = w.sum(-1, keepdim=True).clamp(min=1e-12)
+
+        def centre(x, w=w, wsum=wsum):
+            return x - (w * x).sum(-1, keepdim=True) / wsum
+        tc = centre(tmpl_raw)
+        tc = tc / ((tc * s).norm(dim=-1, keepdim=True) + 1e-6)
+        pts = p[:, None] + pat_off
+        v = _sample(frame, pts).reshape(m, -1)  # [M, P*C]
+        g = _sample(grad, pts)  # [M, P, 2C]
+        gx = g[..., :c].reshape(m, -1)
+        gy = g[..., c:].reshape(m, -1)
+        vc = centre(v)
+        sd = (vc * s).norm(dim=-1, keepdim=True) + 1e-6
+        res = vc / sd - tc  # per sample, before weighting
+        r = res * s
+        jx = centre(gx) * s / sd
+        jy = centre(gy) * s / sd
+        a11, a12, a22 = (jx * jx).sum(-1), (jx * jy).sum(-1), (jy * jy).sum(-1)
+        b1, b2 = (jx * r).sum(-1), (jy * r).sum(-1)
+        det = a11 * a22 - a12 * a12
+        ok = det > 1e-9
+        det = torch.where(ok, det, torch.ones_like(det))
+        dx = torch.where(ok, -(a22 * b1 - a12 * b2) / det, torch.zeros_like(det))
+        dy = torch.where(ok, -(a11 * b2 - a12 * b1) / det, torch.zeros_like(det))
+        p = p + torch.stack([dx, dy], -1).clamp(-0.5, 0.5)
+        if robust:
+            e = res.reshape(m, -1, c).norm(dim=-1)  # [M, P]
+            scale = (1.4826 * e.median(-1, keepdim=True).values).clamp(min=ROBUST_FLOOR)
+            u = e / (4.685 * scale)
+            rob = ((1.0 - u * u).clamp(min=0.0) ** 2).sqrt().repeat_interleave(c, dim=1)
+    s = base * rob
+    v = _normalise(_sample(frame, p[:, None] + pat_off).reshape(m, -1), s)
+    return p, (v * _normalise(tmpl_raw, s)).sum(-1)
+
+
+def _match(frame: torch.Tensor, grad: torch.Tensor, tmpl_raw: torch.Tensor, tm: torch.Tensor,
+           sw: torch.Tensor | None, centres: torch.Tensor, pat_off: torch.Tensor, search: int,
+           iterations: int, robust: bool, min_score: float
+           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Integer search of the template within ``search`` px of each centre, then sub-pixel
+    steps. Returns (position [M, 2], score [M], accepted [M] bool: a peak inside the window
+    scoring at least ``min_score``)."""
+    m = centres.shape[0]
+    sr = torch.arange(-search, search + 1, dtype=torch.float32)
+    sy, sx = torch.meshgrid(sr, sr, indexing="ij")
+    shifts = torch.stack([sx.reshape(-1), sy.reshape(-1)], -1)  # [S, 2], row-major (y, x)
+    side = 2 * search + 1
+    cand = centres[:, None, None] + shifts[None, :, None] + pat_off[:, None]
+    pat = _sample(frame, cand.reshape(m, -1, 2))
+    pat = _normalise(pat.reshape(m, shifts.shape[0], -1), None if sw is None else sw[:, None])
+    ncc = (pat * tm[:, None]).sum(-1)  # [M, S]
+    best_score, best = ncc.max(1)
+    g = ncc.reshape(-1, side, side)
+    by, bx = best // side, best % side
+    interior = (bx > 0) & (bx < side - 1) & (by > 0) & (by < side - 1)
+    p0 = centres + shifts[best]
+    if iterations > 0:
+        newp, lk_score = _lucas_kanade(frame, grad, tmpl_raw, p0, pat_off, iterations, sw,
+                                       robust)
+        # keep the Gauss-Newton estimate where it stayed near the integer peak and did not
+        # lower the match
+        good = ((newp - p0).abs().amax(-1) <= 1.0) & (lk_score >= best_score - 0.02)
+        newp = torch.where(good[:, None], newp, p0)
+        best_score = torch.where(good, lk_score, best_score)
+    else:
+        r_ = torch.arange(m)
+        xm, xp = (bx - 1).clamp(min=0), (bx + 1).clamp(max=side - 1)
+        ym, yp = (by - 1).clamp(min=0), (by + 1).clamp(max=side - 1)
+        dx = _parabola(g[r_, by, xm], g[r_, by, bx], g[r_, by, xp])
+        dy = _parabola(g[r_, ym, bx], g[r_, by, bx], g[r_, yp, bx])
+        newp = p0 + torch.stack([dx, dy], -1)
+    return newp, best_score, interior & (best_score >= min_score)
+
+
+def similarity_part(jacobians) -> np.ndarray:
+    """The nearest rotation-and-uniform-scale matrix to each 2x2 matrix (least squares).
+
+    A short fit's local Jacobians are noisy (shear, even folds on fast layers); the layers of
+    a video mostly rotate and scale, and a template warped by this part matches better
+    (benchmarks/RESULTS.md, quality). [..., 2, 2] -> [..., 2, 2] float32
+    """
+    j = np.asarray(jacobians, np.float64)
+    a = 0.5 * (j[..., 0, 0] + j[..., 1, 1])
+    b = 0.5 * (j[..., 1, 0] - j[..., 0, 1])
+    return np.stack([np.stack([a, -b], -1), np.stack([b, a], -1)], -2).astype(np.float32)
+
+
+def refine_tracks(video, query_points, tracks, occluded=None, jacobians=None,
+                  weights=None, *, radius: int = DEFAULT_RADIUS, search: int = DEFAULT_SEARCH,
+                  min_score: float = DEFAULT_MIN_SCORE, iterations: int = 4,
+                  deadband: float = 0.0, min_support: float = DEFAULT_MIN_SUPPORT,
+                  robust: bool = True, warp: str = "similarity",
+                  fallback_search: int = DEFAULT_FALLBACK_SEARCH,
+                  fallback_min_score: float = DEFAULT_FALLBACK_MIN_SCORE,
+                  chunk_size: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    """Refine predicted tracks against the video (see the module docstring).
+
+    Args:
+        video: the frames. [T, H, W, C] uint8 (or float in [0, 1])
+        query_points: (t, y, x) pixels. [N, 3]
+        tracks: predicted (x, y) positions in every frame. [N, T, 2]
+        occluded: predicted occlusion (occluded frames are not refined). [N, T] bool or None
+        jacobians: d(track)/d(query x, y) per frame, ``[..., :, 0]`` for x and ``[..., :, 1]``
+            for y. [N, T, 2, 2] or None (no warp: translation only)
+        weights: per target frame, the weight of each template pixel (row-major over the
+            (2r+1)^2 patch, y then x), e.g. :meth:`omnifast.track.Tracker.template_weights`:
+            low for pixels that the model says move differently from the query (another
+            layer near a boundary). [N, T, (2r+1)^2] or None (all 1)
+        radius: template radius r in pixels (patch of (2r+1)^2).
+        search: search radius in whole pixels around the (carried) prediction.
+        min_score: smallest normalised cross-correlation accepted.
+        iterations: Gauss-Newton (Lucas-Kanade) steps after the integer search (0: a
+            parabola through the best integer offset's neighbours instead).
+        deadband: corrections shorter than this (pixels) are not applied and longer ones
+            are shortened by it (the model is more precise than one patch match where it is
+            already right).
+        min_support: with ``weights``, frames where the mean template weight is below this
+            are not refined (the point is next to a boundary of its layer: there the
+            model's own position is more accurate than a match).
+        robust: down-weight the pixels of a patch that do not match (another layer) in
+            the Gauss-Newton steps.
+        warp: ``"similarity"`` warps the template by the rotation-and-scale part of each
+            Jacobian (:func:`similarity_part`), ``"full"`` by the Jacobian as given.
+        fallback_search: where the warped template finds no confident match, search again
+            this far (whole pixels) with the template unwarped; 0: no second search.
+        fallback_min_score: smallest score accepted from the second search (a wider search
+            finds more look-alikes: stricter than ``min_score``).
+        chunk_size: queries processed together (bounds memory).
+
+    Returns:
+        ``(refined tracks [N, T, 2] float32, match score [N, T] float32)``; the score is NaN
+        where a frame was not searched (the query frame, occluded or outside the frame).
+    """
+    frames = _frames_tensor(video)
+    grads = _gradients(frames)
+    t_count, _, h, w = frames.shape
+    q = np.asarray(query_points, np.float64)
+    tr = np.asarray(tracks, np.float32)
+    if q.ndim != 2 or q.shape[1] != 3:
+        raise ValueError(f"query_points must be [N, 3] (t, y, x), got {list(q.shape)}")
+    n = q.shape[0]
+    if tr.shape != (n, t_count, 2):
+        raise ValueError(f"tracks must be [N, T, 2] = [{n}, {t_count}, 2], got {list(tr.shape)}")
+    occ = (np.zeros((n, t_count), bool) if occluded is None
+           else np.asarray(occluded, bool))
+    if occ.shape != (n, t_count):
+        raise ValueError(f"occluded must be [N, T] = [{n}, {t_count}], got {list(occ.shape)}")
+    if warp not in ("similarity", "full"):
+        raise ValueError(f"warp must be 'similarity' or 'full', got {warp!r}")
+    if jacobians is not None:
+        jac_all = np.asarray(jacobians, np.float32)
+        if jac_all.shape != (n, t_count, 2, 2):
+            raise ValueError(f"jacobians must be [N, T, 2, 2], got {list(jac_all.shape)}")
+        if not np.isfinite(jac_all).all():
+            raise ValueError("jacobians must be finite")
+        if warp == "similarity":
+            jac_all = similarity_part(jac_all)
+    if radius < 0 or search < 1:
+        raise ValueError("radius must be >= 0 and search >= 1")
+    num_pix = (2 * radius + 1) ** 2
+    if weights is not None:
+        w_all = np.asarray(weights, np.float32)
+        if w_all.shape != (n, t_count, num_pix):
+            raise ValueError(f"weights must be [N, T, (2r+1)^2] = [{n}, {t_count}, {num_pix}], "
+                             f"got {list(w_all.shape)}")
+        if not np.isfinite(w_all).all() or (w_all < 0).any():
+            raise ValueError("weights must be finite and >= 0")
+    out = tr.copy()
+    score = np.full((n, t_count), np.nan, np.float32)
+    if n == 0:
+        return out, score
+    qt = np.rint(q[:, 0]).astype(np.int64)
+    if qt.min() < 0 or qt.max() >= t_count:
+        raise ValueError(f"query times must lie in 0..{t_count - 1}")
+
+    ar = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    oy, ox = torch.meshgrid(ar, ar, indexing="ij")
+    offsets = torch.stack([ox.reshape(-1), oy.reshape(-1)], -1)  # [P, 2]
+    for c0 in range(0, n, chunk_size):
+        sl = slice(c0, min(c0 + chunk_size, n))
+        m = sl.stop - sl.start
+        qc = torch.from_numpy(q[sl][:, [2, 1]]).float()
+        qtc = qt[sl]
+        # templates from each query's own frame
+        tmpl = torch.empty(m, offsets.shape[0], frames.shape[1])
+        for f in np.unique(qtc):
+            sel = torch.from_numpy(qtc == f)
+            tmpl[sel] = _sample(frames[int(f)], qc[sel][:, None] + offsets[None])
+        tmpl_raw = tmpl.reshape(m, -1)
+        tmpl = _normalise(tmpl_raw)
+        n_ch = frames.shape[1]
+        trc = torch.from_numpy(tr[sl])
+        jac = None if jacobians is None else torch.from_numpy(np.ascontiguousarray(jac_all[sl]))
+        for direction in (1, -1):
+            corr = torch.zeros(m, 2)
+            order = range(t_count) if direction > 0 else range(t_count - 1, -1, -1)
+            for t in order:
+                active = torch.from_numpy((qtc < t) if direction > 0 else (qtc > t))
+                if not bool(active.any()):
+                    continue
+                p = trc[:, t] + corr
+                inside = ((p[:, 0] >= 0) & (p[:, 0] <= w - 1) & (p[:, 1] >= 0)
+                          & (p[:, 1] <= h - 1))
+                todo = active & inside & ~torch.from_numpy(occ[sl][:, t])
+                if weights is not None and min_support > 0:
+                    todo &= torch.from_numpy(w_all[sl, t].mean(-1) >= min_support)
+                corr = torch.where(active[:, None], torch.zeros_like(corr), corr)
+                idx = torch.nonzero(todo).reshape(-1)
+                if idx.numel() == 0:
+                    continue
+                pi = p[idx]
+                if jac is None:
+                    pat_off = offsets[None].expand(idx.numel(), -1, -1)
+                else:
+                    pat_off = torch.einsum("nab,pb->npa", jac[idx, t], offsets)
+                if weights is None:
+                    sw, tm = None, tmpl[idx]
+                else:
+                    wt = torch.from_numpy(np.ascontiguousarray(w_all[sl.start + idx.numpy(), t]))
+                    sw = wt.sqrt().repeat_interleave(n_ch, dim=1)  # [M', P*C]
+                    tm = _normalise(tmpl_raw[idx], sw)
+                newp, best_score, ok = _match(frames[t], grads[t], tmpl_raw[idx], tm, sw, pi,
+                                              pat_off, search, iterations, robust, min_score)
+                if fallback_search > 0 and not bool(ok.all()):
+                    # where the warped template found nothing: a wider search with the
+                    # template unwarped (where the model is far off, its Jacobian is too)
+                    f = torch.nonzero(~ok).reshape(-1)
+                    p2, s2, ok2 = _match(frames[t], grads[t], tmpl_raw[idx[f]], tm[f],
+                                         None if sw is None else sw[f], pi[f],
+                                         offsets[None].expand(f.numel(), -1, -1),
+                                         fallback_search, iterations, robust,
+                                         fallback_min_score)
+                    newp[f] = torch.where(ok2[:, None], p2, newp[f])
+                    best_score[f] = torch.where(ok2, s2, best_score[f])
+                    ok[f] = ok2
+                step = newp - trc[idx, t]
+                if deadband > 0:
+                    # corrections below the matching noise are dropped, larger ones shrunk
+                    size = step.norm(dim=-1, keepdim=True)
+                    step = step * ((size - deadband).clamp(min=0) / size.clamp(min=1e-9))
+                refined = torch.where(ok[:, None], trc[idx, t] + step, trc[idx, t])
+                out[sl.start + idx.numpy(), t] = refined.numpy()
+                score[sl.start + idx.numpy(), t] = best_score.numpy()
+                corr[idx] = torch.where(ok[:, None], newp - trc[idx, t], torch.zeros(1, 2))
+    out[np.arange(n), qt] = q[:, [2, 1]].astype(np.float32)
+    return out, score
+
+
+__all__ = ["DEFAULT_FALLBACK_MIN_SCORE", "DEFAULT_FALLBACK_SEARCH", "DEFAULT_MIN_SCORE",
+           "DEFAULT_MIN_SUPPORT", "DEFAULT_RADIUS", "DEFAULT_SEARCH", "refine_tracks",
+           "similarity_part"]

@@ -1,0 +1,316 @@
+"""Appearance refinement: recovers known sub-pixel motion of a textured image, leaves what it
+must not touch alone, validates its inputs; and the tracker methods that feed it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from omnifast.refine import refine_tracks, similarity_part
+
+H, W = 48, 64
+
+
+def _texture(x: np.ndarray, y: np.ndarray, seed: int = 0) -> np.ndarray:
+    """A smooth analytic colour texture (sums of sinusoids): exact at any sub-pixel position.
+    [..., 3] float in [0, 1]"""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(3):
+        v = np.zeros_like(x, dtype=np.float64)
+        for _ in range(6):
+            f = rng.uniform(0.15, 0.45, 2) * rng.choice([-1, 1], 2)
+            v += np.sin(f[0] * x + f[1] * y + rng.uniform(0, 2 * np.pi))
+        out.append(0.5 + v / 12.0)
+    return np.stack(out, -1)
+
+
+def _video(motions) -> np.ndarray:
+    """Frames where frame t shows the texture moved by the map ``motions[t]`` (a function from
+    frame-t pixel coordinates back to texture coordinates). [T, H, W, 3] float"""
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.float64)
+    return np.stack([_texture(*m(xx, yy)) for m in motions]).astype(np.float32)
+
+
+def _shift(dx, dy):
+    return lambda x, y: (x - dx, y - dy)
+
+
+SHIFTS = [(0.0, 0.0), (0.6, -0.35), (1.7, 0.45), (-0.8, 1.25)]
+
+
+def _queries(n=30, seed=1):
+    rng = np.random.default_rng(seed)
+    return np.stack([np.zeros(n), rng.uniform(12, H - 12, n), rng.uniform(12, W - 12, n)], 1)
+
+
+def _truth(q, shifts):
+    return np.stack([q[:, [2, 1]] + np.array(s) for s in shifts], 1)
+
+
+@pytest.mark.parametrize(("iterations", "robust"), [(4, True), (4, False), (0, False)])
+def test_recovers_a_subpixel_translation(iterations, robust):
+    video = _video([_shift(*s) for s in SHIFTS])
+    q = _queries()
+    truth = _truth(q, SHIFTS)
+    rng = np.random.default_rng(2)
+    # a model's errors are smooth in time: up to 2 px per query, drifting by up to 0.3 px
+    pred = truth + rng.uniform(-2.0, 2.0, (len(q), 1, 2)) \
+        + rng.uniform(-0.3, 0.3, truth.shape)
+    pred[:, 0] = q[:, [2, 1]]
+    out, score = refine_tracks(video, q, pred, iterations=iterations, robust=robust)
+    assert out.shape == pred.shape and out.dtype == np.float32
+    err0 = np.abs(pred[:, 1:] - truth[:, 1:]).max()
+    err = np.abs(out[:, 1:] - truth[:, 1:])
+    # Gauss-Newton steps reach a small fraction of a pixel; the parabola only half a pixel
+    tol = 0.05 if iterations else 0.5
+    assert err.max() < tol < err0, (err.max(), err0)
+    assert np.isnan(score[:, 0]).all() and (score[:, 1:] > 0.95).all()
+    assert (out[:, 0] == q[:, [2, 1]].astype(np.float32)).all()  # the query itself
+
+
+def test_follows_rotation_with_the_jacobian():
+    ang = np.deg2rad(25.0)
+    c, s = np.cos(ang), np.sin(ang)
+    cx, cy = W / 2, H / 2
+
+    def rot(a):
+        ca, sa = np.cos(a), np.sin(a)
+        # frame pixel -> texture: rotate back by a about the centre
+        return lambda x, y: (ca * (x - cx) + sa * (y - cy) + cx,
+                             -sa * (x - cx) + ca * (y - cy) + cy)
+
+    video = _video([rot(0.0), rot(ang)])
+    q = _queries(20, seed=3)
+    x, y = q[:, 2] - cx, q[:, 1] - cy
+    truth = np.stack([q[:, [2, 1]], np.stack([c * x - s * y + cx, s * x + c * y + cy], 1)], 1)
+    pred = truth.copy()
+    pred[:, 1] += np.array([1.3, -0.9])
+    jac = np.zeros((len(q), 2, 2, 2), np.float32)
+    jac[:, 0] = np.eye(2)
+    jac[:, 1] = np.array([[c, -s], [s, c]])
+    out, score = refine_tracks(video, q, pred, jacobians=jac, radius=3)
+    assert np.abs(out[:, 1] - truth[:, 1]).max() < 0.1
+    assert (score[:, 1] > 0.95).all()
+
+
+def test_fallback_search_beyond_the_first_window():
+    video = _video([_shift(*s) for s in SHIFTS])
+    q = _queries(12, seed=6)
+    truth = _truth(q, SHIFTS)
+    pred = truth + np.array([4.6, -3.7])  # beyond the first search's 3 px
+    pred[:, 0] = q[:, [2, 1]]
+    jac = np.broadcast_to(np.eye(2, dtype=np.float32), (len(q), len(SHIFTS), 2, 2))
+    out, score = refine_tracks(video, q, pred, jacobians=jac)
+    assert np.abs(out[:, 1:] - truth[:, 1:]).max() < 0.05
+    assert (score[:, 1:] >= 0.9).all()  # accepted by the stricter second threshold
+    # without the second search nothing is found: the prediction stays
+    out0, _ = refine_tracks(video, q, pred, jacobians=jac, fallback_search=0)
+    np.testing.assert_array_equal(out0[:, 1:], pred[:, 1:].astype(np.float32))
+
+
+def test_similarity_part():
+    ang, scale = 0.3, 1.2
+    rs = scale * np.array([[np.cos(ang), -np.sin(ang)], [np.sin(ang), np.cos(ang)]])
+    np.testing.assert_allclose(similarity_part(rs), rs, atol=1e-6)
+    shear = np.array([[[1.0, 0.4], [0.0, 1.0]]])
+    np.testing.assert_allclose(similarity_part(shear), [[[1.0, 0.2], [-0.2, 1.0]]], atol=1e-6)
+    # the nearest one: the residual is orthogonal to the similarity matrices
+    rng = np.random.default_rng(0)
+    m = rng.normal(size=(5, 2, 2))
+    res = m - similarity_part(m)
+    for basis in (np.eye(2), np.array([[0.0, -1.0], [1.0, 0.0]])):
+        np.testing.assert_allclose((res * basis).sum((-1, -2)), 0.0, atol=1e-6)
+
+
+def test_occluded_outside_and_textureless_frames_are_left_alone():
+    video = _video([_shift(*s) for s in SHIFTS])
+    q = _queries(12)
+    truth = _truth(q, SHIFTS)
+    pred = truth + 1.0
+    pred[:, 0] = q[:, [2, 1]]
+    occ = np.zeros(pred.shape[:2], bool)
+    occ[:6, 2] = True
+    pred[6:, 3] = [W + 5.0, 10.0]  # predicted outside the frame
+    out, score = refine_tracks(video, q, pred, occ)
+    np.testing.assert_array_equal(out[:6, 2], pred[:6, 2].astype(np.float32))
+    np.testing.assert_array_equal(out[6:, 3], pred[6:, 3].astype(np.float32))
+    assert np.isnan(score[:6, 2]).all() and np.isnan(score[6:, 3]).all()
+    assert np.abs(out[6:, 2] - truth[6:, 2]).max() < 0.05  # the others are refined
+    # a flat video gives no confident match anywhere: nothing moves
+    flat = np.full_like(video, 0.5)
+    out2, _ = refine_tracks(flat, q, pred)
+    np.testing.assert_array_equal(out2[:, 1:], pred[:, 1:].astype(np.float32))
+
+
+def test_backward_in_time_and_uint8_frames():
+    video = _video([_shift(*s) for s in SHIFTS])
+    v8 = np.clip(np.rint(video * 255), 0, 255).astype(np.uint8)
+    q = _queries(15, seed=4)
+    q[:, 0] = 3
+    q[:, 1:] = q[:, 1:] + np.array(SHIFTS[3])[::-1]  # (y, x) of frame 3
+    truth = np.stack([q[:, [2, 1]] + np.array(s) - np.array(SHIFTS[3]) for s in SHIFTS], 1)
+    pred = truth + np.array([-1.2, 0.7])
+    pred[:, 3] = q[:, [2, 1]]
+    out, _ = refine_tracks(v8, q, pred)
+    assert np.abs(out[:, :3] - truth[:, :3]).max() < 0.1  # uint8 rounding costs a little
+
+
+def _boundary_clip(shifts, boundary=30.0):
+    """Layer A (x < boundary + s, moving right by s) occludes a still layer B."""
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.float64)
+    frames = []
+    for s in shifts:
+        a = _texture(xx - s, yy, seed=0)
+        b = _texture(xx, yy, seed=5)
+        frames.append(np.where((xx < boundary + s)[..., None], a, b))
+    return np.stack(frames).astype(np.float32)
+
+
+def _true_weights(q, shifts, boundary=30.0, radius=2, sigma=0.25):
+    """What Tracker.template_weights computes for _boundary_clip with an exact model."""
+    ar = np.arange(-radius, radius + 1)
+    oy, ox = np.meshgrid(ar, ar, indexing="ij")
+    ox = ox.reshape(-1)
+    on_a = (q[:, 2:3] + ox[None]) < boundary  # [N, P]
+    side = 2 * radius + 1
+    w = np.empty((len(q), len(shifts), side * side))
+    for t, s in enumerate(shifts):
+        resid = np.where(on_a, 0.0, s)  # B pixels stay, the query moves by s
+        w[:, t] = np.exp(-resid ** 2 / (2 * sigma * sigma))
+    w = w.reshape(len(q), len(shifts), side, side)
+    pad = np.pad(w, ((0, 0), (0, 0), (1, 1), (1, 1)), mode="edge")
+    ero = np.min([pad[:, :, i:i + side, j:j + side] for i in range(3) for j in range(3)], 0)
+    return ero.reshape(len(q), len(shifts), -1)
+
+
+def test_boundary_weights_keep_the_query_layer():
+    shifts = [0.0, 1.3, 2.6, 3.4]
+    video = _boundary_clip(shifts)
+    ys = np.linspace(10, H - 10, 8)
+    q = np.stack([np.zeros(8), ys, np.full(8, 28.4)], 1)  # 1.6 px left of the boundary
+    truth = np.stack([q[:, [2, 1]] + np.array([s, 0.0]) for s in shifts], 1)
+    pred = truth + np.array([0.8, -0.6])
+    pred[:, 0] = q[:, [2, 1]]
+    w = _true_weights(q, shifts)
+    assert w[:, 0].min() == 1.0 and w[:, 1:].mean() < 0.8  # the right columns are dropped
+    out_w, _ = refine_tracks(video, q, pred, weights=w, min_support=0.0)
+    out_u, _ = refine_tracks(video, q, pred)
+    err_w = np.abs(out_w[:, 1:] - truth[:, 1:]).max()
+    err_u = np.abs(out_u[:, 1:] - truth[:, 1:]).max()
+    assert err_w < 0.1 < err_u, (err_w, err_u)
+    # all-one weights are the unweighted match
+    ones = np.ones_like(w)
+    np.testing.assert_allclose(refine_tracks(video, q, pred, weights=ones)[0], out_u,
+                               atol=1e-4)
+    # too little support (the default threshold): the model's position is kept
+    out_s, score = refine_tracks(video, q, pred, weights=w)
+    np.testing.assert_array_equal(out_s[:, 1:], pred[:, 1:].astype(np.float32))
+    assert np.isnan(score[:, 1:]).all()
+
+
+def test_input_validation_and_empty():
+    video = _video([_shift(0, 0), _shift(1, 0)])
+    q = _queries(3)
+    pred = _truth(q, [(0, 0), (1, 0)])
+    with pytest.raises(ValueError, match="query_points"):
+        refine_tracks(video, q[:, :2], pred)
+    with pytest.raises(ValueError, match="tracks"):
+        refine_tracks(video, q, pred[:, :1])
+    with pytest.raises(ValueError, match="occluded"):
+        refine_tracks(video, q, pred, np.zeros((3, 5), bool))
+    with pytest.raises(ValueError, match="jacobians"):
+        refine_tracks(video, q, pred, jacobians=np.zeros((3, 2, 2)))
+    with pytest.raises(ValueError, match="query times"):
+        refine_tracks(video, np.array([[5, 10, 10]]), pred[:1])
+    with pytest.raises(ValueError, match="video"):
+        refine_tracks(video[0, 0], q, pred)
+    with pytest.raises(ValueError, match="search"):
+        refine_tracks(video, q, pred, search=0)
+    with pytest.raises(ValueError, match="warp"):
+        refine_tracks(video, q, pred, warp="affine")
+    with pytest.raises(ValueError, match="finite"):
+        refine_tracks(video, q, pred, jacobians=np.full((3, 2, 2, 2), np.nan))
+    with pytest.raises(ValueError, match="weights must be"):
+        refine_tracks(video, q, pred, weights=np.ones((3, 2, 9)))
+    with pytest.raises(ValueError, match="finite"):
+        refine_tracks(video, q, pred, weights=np.full((3, 2, 25), np.nan))
+    out, score = refine_tracks(video, np.zeros((0, 3)), np.zeros((0, 2, 2)))
+    assert out.shape == (0, 2, 2) and score.shape == (0, 2)
+
+
+# ------------------------------------------------------------------------- tracker methods
+
+
+@pytest.fixture(scope="module")
+def tracker(one_thread):
+    from omnifast.config import ModelConfig
+    from omnifast.model.omnimotion import OmniMotion
+    from omnifast.track import Tracker
+
+    cfg = ModelConfig(code_dim=8, code_hidden=16, coupling_hidden=(16, 16, 16), proj_dim=16,
+                      use_affine=False, color_hidden=16, num_samples=8)
+    return Tracker(OmniMotion(cfg, 4, seed=0), H, W, preset="tiny")
+
+
+def test_tracker_positions_without_occlusion_and_jacobians(tracker):
+    q = _queries(7)
+    tr, occ = tracker.track(q)
+    tr2, occ2 = tracker.track(q, with_occlusion=False)
+    np.testing.assert_allclose(tr2, tr, rtol=0, atol=1e-5)
+    assert not occ2.any()
+    jac = tracker.local_jacobians(q)
+    assert jac.shape == (7, 4, 2, 2) and np.isfinite(jac).all()
+    # at the query frame a track is the query itself: its derivative is the identity
+    np.testing.assert_allclose(jac[:, 0], np.broadcast_to(np.eye(2), (7, 2, 2)), atol=1e-5)
+    # column 0 is the central difference along x
+    qq = [q.copy(), q.copy()]
+    qq[0][:, 2] += 1.5
+    qq[1][:, 2] -= 1.5
+    fd = (tracker.track(qq[0], with_occlusion=False)[0]
+          - tracker.track(qq[1], with_occlusion=False)[0]) / 3.0
+    np.testing.assert_allclose(jac[..., 0], fd, atol=1e-5)
+
+
+def test_template_weights(tracker):
+    q = _queries(4)
+    tr = tracker.track(q, with_occlusion=False)[0]
+    jac = tracker.local_jacobians(q)
+    w = tracker.template_weights(q, tr, jac, radius=1, sigma=0.02, with_occlusion=False)
+    assert w.shape == (4, 4, 9) and w.dtype == np.float32
+    assert (w >= 0).all() and (w <= 1).all()
+    np.testing.assert_allclose(w[:, 0], 1.0, atol=1e-6)  # the query frame is exact
+    # by hand: track the 3x3 pixels, compare with the linear prediction, 3x3 minimum
+    ar = np.arange(-1, 2)
+    oy, ox = np.meshgrid(ar, ar, indexing="ij")
+    offs = np.stack([ox.reshape(-1), oy.reshape(-1)], -1).astype(np.float64)
+    expect = np.empty((4, 4, 9))
+    for p, (dx, dy) in enumerate(offs):
+        qq = q.copy()
+        qq[:, 2] += dx
+        qq[:, 1] += dy
+        moved = tracker.track(qq, with_occlusion=False)[0]
+        lin = tr + np.einsum("ntab,b->nta", jac, offs[p])
+        expect[:, :, p] = np.exp(-((moved - lin) ** 2).sum(-1) / (2 * 0.02 ** 2))
+    e = expect.reshape(4, 4, 3, 3)
+    pad = np.pad(e, ((0, 0), (0, 0), (1, 1), (1, 1)), mode="edge")
+    ero = np.min([pad[:, :, i:i + 3, j:j + 3] for i in range(3) for j in range(3)], 0)
+    np.testing.assert_allclose(w, ero.reshape(4, 4, 9), atol=1e-5)
+    assert w[:, 1:].min() < 0.9  # the random model is not a translation: a real check
+    # with occlusion the weights can only drop
+    wo = tracker.template_weights(q, tr, jac, radius=1, sigma=0.02)
+    assert (wo <= w + 1e-6).all()
+    with pytest.raises(ValueError, match="sigma"):
+        tracker.template_weights(q, sigma=0.0)
+
+
+def test_track_refined_checks_the_video(tracker):
+    q = _queries(5)
+    video = _video([_shift(0.3 * t, 0) for t in range(4)])
+    tr, occ = tracker.track_refined(q, video)
+    ref_occ = tracker.track(q)[1]
+    assert tr.shape == (5, 4, 2) and (occ == ref_occ).all()
+    with pytest.raises(ValueError, match="fitted clip"):
+        tracker.track_refined(q, video[:3])
+    with pytest.raises(ValueError, match="fitted clip"):
+        tracker.track_refined(q, video[:, :20])
