@@ -52,6 +52,14 @@ ROBUST_FLOOR = 0.02
 DEFAULT_MIN_SUPPORT = 0.8
 
 
+def patch_offsets(radius: int) -> torch.Tensor:
+    """The (x, y) offsets of a (2r+1)^2 square of whole pixels, row-major (y, then x): the
+    pixel order of templates, of ``weights`` and of the integer search. [(2r+1)^2, 2]"""
+    ar = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    oy, ox = torch.meshgrid(ar, ar, indexing="ij")
+    return torch.stack([ox.reshape(-1), oy.reshape(-1)], -1)
+
+
 def _frames_tensor(video) -> torch.Tensor:
     """[T, H, W, C] uint8 or float (0-1 or 0-255) -> [T, C, H, W] float32 in [0, 1]."""
     v = torch.as_tensor(np.asarray(video))
@@ -167,9 +175,7 @@ def _match(frame: torch.Tensor, grad: torch.Tensor, tmpl_raw: torch.Tensor, tm: 
     steps. Returns (position [M, 2], score [M], accepted [M] bool: a peak inside the window
     scoring at least ``min_score``)."""
     m = centres.shape[0]
-    sr = torch.arange(-search, search + 1, dtype=torch.float32)
-    sy, sx = torch.meshgrid(sr, sr, indexing="ij")
-    shifts = torch.stack([sx.reshape(-1), sy.reshape(-1)], -1)  # [S, 2], row-major (y, x)
+    shifts = patch_offsets(search)  # [S, 2]
     side = 2 * search + 1
     cand = centres[:, None, None] + shifts[None, :, None] + pat_off[:, None]
     pat = _sample(frame, cand.reshape(m, -1, 2))
@@ -299,9 +305,7 @@ def refine_tracks(video, query_points, tracks, occluded=None, jacobians=None,
     if qt.min() < 0 or qt.max() >= t_count:
         raise ValueError(f"query times must lie in 0..{t_count - 1}")
 
-    ar = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    oy, ox = torch.meshgrid(ar, ar, indexing="ij")
-    offsets = torch.stack([ox.reshape(-1), oy.reshape(-1)], -1)  # [P, 2]
+    offsets = patch_offsets(radius)  # [P, 2]
     for c0 in range(0, n, chunk_size):
         sl = slice(c0, min(c0 + chunk_size, n))
         m = sl.stop - sl.start
@@ -373,5 +377,5 @@ def refine_tracks(video, query_points, tracks, occluded=None, jacobians=None,
 
 
 __all__ = ["DEFAULT_FALLBACK_MIN_SCORE", "DEFAULT_FALLBACK_SEARCH", "DEFAULT_MIN_SCORE",
-           "DEFAULT_MIN_SUPPORT", "DEFAULT_RADIUS", "DEFAULT_SEARCH", "refine_tracks",
-           "similarity_part"]
+           "DEFAULT_MIN_SUPPORT", "DEFAULT_RADIUS", "DEFAULT_SEARCH", "patch_offsets",
+           "refine_tracks", "similarity_part"]

@@ -271,9 +271,9 @@ class Tracker:
             tracks = self.track(q, chunk_size=chunk_size, with_occlusion=False)[0]
         if jacobians is None:
             jacobians = self.local_jacobians(q, chunk_size=chunk_size)
-        ar = np.arange(-radius, radius + 1, dtype=np.float64)
-        oy, ox = np.meshgrid(ar, ar, indexing="ij")
-        offs = np.stack([ox.reshape(-1), oy.reshape(-1)], -1)  # [P, 2] as (x, y)
+        from omnifast.refine import patch_offsets  # noqa: PLC0415
+
+        offs = patch_offsets(radius).double().numpy()  # [P, 2] as (x, y), refine's order
         num_pix = len(offs)
         qq = np.repeat(q, num_pix, 0)
         qq[:, 2] += np.tile(offs[:, 0], n)
