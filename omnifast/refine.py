@@ -17,14 +17,24 @@ says where the point is to a fraction of a pixel. So, for each query and each ta
 * where that finds no confident match, a second, wider search (``fallback_search``) with
   the template unwarped and a stricter threshold: where the model is a few pixels off, its
   Jacobian is usually wrong too;
+* next to a layer boundary the patch around the point straddles two layers and matches
+  poorly: so 8 more windows, centred ``window_shift`` px away around the point (a 3x3 grid),
+  are matched the same way, and where at least two windows match closely (score >=
+  ``window_min_score``) the point is placed by the similarity transform fitted by least
+  squares to their matched centres (windows more than 1.5 px off the fit, on another layer,
+  left out); where only one does, by that window moved back by the model's Jacobian; else
+  the centred window alone decides. The transform comes from the matches, not from the
+  model, whose Jacobian is too noisy to carry a window's offset back to the point;
 * optional per-pixel template weights (:meth:`omnifast.track.Tracker.template_weights`: the
-  model's say on which pixels move with the query) restrict the match to the query's layer,
+  model's say on which pixels move with the query, for the centred window only) restrict the
+  match to the query's layer,
   and frames where too little of the template is left (``min_support``) keep the model's
   position: next to a layer boundary a patch match is less precise than a good model;
 * the correction is kept only where the match is confident (score >= ``min_score``, peak inside
-  the window) and the model says the point is visible; it is carried to the next frame (further
-  from the query frame) as the centre of the next search, and reset to zero wherever a frame is
-  not refined (occluded, outside the frame, no confident match).
+  the window) and the frame is not flagged ``occluded`` (``Tracker.track_refined`` flags
+  none: a short fit calls some visible frames occluded); it is carried to the next frame
+  (further from the query frame) as the centre of the next search, and reset to zero wherever
+  a frame is not refined (occluded, outside the frame, no confident match).
 
 The template always comes from the query frame, so errors do not accumulate the way they do
 when flow is chained frame to frame; the fitted model still decides where to look, across
@@ -44,6 +54,12 @@ DEFAULT_SEARCH = 3
 DEFAULT_FALLBACK_SEARCH = 6
 #: default minimum normalised cross-correlation of a match of the second search
 DEFAULT_FALLBACK_MIN_SCORE = 0.9
+#: default distance (px) of the 8 off-centre windows from the point (0: centred window only)
+DEFAULT_WINDOW_SHIFT = 2
+#: default smallest score of a window that takes part in the consensus of the windows
+DEFAULT_WINDOW_MIN_SCORE = 0.97
+#: windows further than this (px) from the consensus transform are left out of it
+CONSENSUS_INLIER_PX = 1.5
 #: default minimum normalised cross-correlation of an accepted match
 DEFAULT_MIN_SCORE = 0.8
 #: smallest residual scale of the robust steps (per pixel, in units of the normalised patch)
@@ -217,13 +233,118 @@ def similarity_part(jacobians) -> np.ndarray:
     return np.stack([np.stack([a, -b], -1), np.stack([b, a], -1)], -2).astype(np.float32)
 
 
+def _refine_windows(frames: torch.Tensor, grads: torch.Tensor, q_xy: np.ndarray,
+                    qt: np.ndarray, tracks: np.ndarray, occ: np.ndarray,
+                    jac: np.ndarray | None, weights: np.ndarray | None, offsets: torch.Tensor,
+                    *, radius: int, search: int, min_score: float, iterations: int,
+                    min_support: float, robust: bool, fallback_search: int,
+                    fallback_min_score: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Refine M windows (templates centred on ``q_xy`` [M, 2] (x, y) in frames ``qt``,
+    predicted at ``tracks`` [M, T, 2]) in every frame but their own, in both directions from
+    it. Returns (positions [M, T, 2], score [M, T], NaN where not searched; accepted [M, T])."""
+    t_count, _, h, w = frames.shape
+    m = q_xy.shape[0]
+    out = tracks.astype(np.float32, copy=True)
+    score = np.full((m, t_count), np.nan, np.float32)
+    accepted = np.zeros((m, t_count), bool)
+    if m == 0:
+        return out, score, accepted
+    qc = torch.from_numpy(np.ascontiguousarray(q_xy, np.float32))
+    tmpl = torch.empty(m, offsets.shape[0], frames.shape[1])
+    for f in np.unique(qt):
+        sel = torch.from_numpy(qt == f)
+        tmpl[sel] = _sample(frames[int(f)], qc[sel][:, None] + offsets[None])
+    tmpl_raw = tmpl.reshape(m, -1)
+    tmpl = _normalise(tmpl_raw)
+    n_ch = frames.shape[1]
+    trc = torch.from_numpy(np.ascontiguousarray(tracks, np.float32))
+    jt = None if jac is None else torch.from_numpy(np.ascontiguousarray(jac, np.float32))
+    for direction in (1, -1):
+        corr = torch.zeros(m, 2)
+        order = range(t_count) if direction > 0 else range(t_count - 1, -1, -1)
+        for t in order:
+            active = torch.from_numpy((qt < t) if direction > 0 else (qt > t))
+            if not bool(active.any()):
+                continue
+            p = trc[:, t] + corr
+            inside = ((p[:, 0] >= 0) & (p[:, 0] <= w - 1) & (p[:, 1] >= 0)
+                      & (p[:, 1] <= h - 1))
+            todo = active & inside & ~torch.from_numpy(occ[:, t])
+            if weights is not None and min_support > 0:
+                todo &= torch.from_numpy(weights[:, t].mean(-1) >= min_support)
+            corr = torch.where(active[:, None], torch.zeros_like(corr), corr)
+            idx = torch.nonzero(todo).reshape(-1)
+            if idx.numel() == 0:
+                continue
+            pi = p[idx]
+            if jt is None:
+                pat_off = offsets[None].expand(idx.numel(), -1, -1)
+            else:
+                pat_off = torch.einsum("nab,pb->npa", jt[idx, t], offsets)
+            if weights is None:
+                sw, tm = None, tmpl[idx]
+            else:
+                wt = torch.from_numpy(np.ascontiguousarray(weights[idx.numpy(), t]))
+                sw = wt.sqrt().repeat_interleave(n_ch, dim=1)  # [M', P*C]
+                tm = _normalise(tmpl_raw[idx], sw)
+            newp, best_score, ok = _match(frames[t], grads[t], tmpl_raw[idx], tm, sw, pi,
+                                          pat_off, search, iterations, robust, min_score)
+            redo = ~ok
+            if fallback_search > 0 and bool(redo.any()):
+                # where the warped template found nothing: a wider search with the
+                # template unwarped (where the model is far off, its Jacobian is too)
+                f = torch.nonzero(redo).reshape(-1)
+                p2, s2, ok2 = _match(frames[t], grads[t], tmpl_raw[idx[f]], tm[f],
+                                     None if sw is None else sw[f], pi[f],
+                                     offsets[None].expand(f.numel(), -1, -1),
+                                     fallback_search, iterations, robust,
+                                     fallback_min_score)
+                newp[f] = torch.where(ok2[:, None], p2, newp[f])
+                best_score[f] = torch.where(ok2, s2, best_score[f])
+                ok[f] = ok2
+            refined = torch.where(ok[:, None], newp, trc[idx, t])
+            ix = idx.numpy()
+            out[ix, t] = refined.numpy()
+            score[ix, t] = best_score.numpy()
+            accepted[ix, t] = ok.numpy()
+            corr[idx] = torch.where(ok[:, None], newp - trc[idx, t], torch.zeros(1, 2))
+    return out, score, accepted
+
+
+def _window_consensus(pos: np.ndarray, good: np.ndarray, shifts: np.ndarray,
+                      inlier_px: float = CONSENSUS_INLIER_PX, rounds: int = 5
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Least-squares similarity transform x = c + [[a, -b], [b, a]] s from the window offsets
+    ``shifts`` [K, 2] to their matched centres ``pos`` [M, K, T, 2] over the windows marked
+    ``good`` [M, K, T], refitted ``rounds`` times without the windows more than ``inlier_px``
+    from the fit (another layer). Returns (c [M, T, 2], number of windows used [M, T])."""
+    k = shifts.shape[0]
+    sx, sy = shifts[:, 0].astype(np.float64), shifts[:, 1].astype(np.float64)
+    one, zero = np.ones(k), np.zeros(k)
+    design = np.concatenate([np.stack([one, zero, sx, -sy], -1),
+                             np.stack([zero, one, sy, sx], -1)], 0)  # [2K, 4]
+    rhs = np.concatenate([pos[..., 0], pos[..., 1]], 1).transpose(0, 2, 1).astype(np.float64)
+    use = good.copy()
+    x = np.zeros(rhs.shape[:2] + (4,))
+    for _ in range(rounds):
+        wt = np.concatenate([use, use], 1).transpose(0, 2, 1).astype(np.float64)  # [M, T, 2K]
+        ata = np.einsum("mtk,ki,kj->mtij", wt, design, design) + 1e-6 * np.eye(4)
+        atb = np.einsum("mtk,ki,mtk->mti", wt, design, rhs)
+        x = np.linalg.solve(ata, atb[..., None])[..., 0]
+        r = (np.einsum("ki,mti->mtk", design, x) - rhs).reshape(rhs.shape[0], rhs.shape[1], 2, k)
+        use = good & (np.sqrt((r * r).sum(2)).transpose(0, 2, 1) < inlier_px)
+    return x[..., :2].astype(np.float32), use.sum(1)
+
+
 def refine_tracks(video, query_points, tracks, occluded=None, jacobians=None,
                   weights=None, *, radius: int = DEFAULT_RADIUS, search: int = DEFAULT_SEARCH,
                   min_score: float = DEFAULT_MIN_SCORE, iterations: int = 4,
-                  deadband: float = 0.0, min_support: float = DEFAULT_MIN_SUPPORT,
+                  min_support: float = DEFAULT_MIN_SUPPORT,
                   robust: bool = True, warp: str = "similarity",
                   fallback_search: int = DEFAULT_FALLBACK_SEARCH,
                   fallback_min_score: float = DEFAULT_FALLBACK_MIN_SCORE,
+                  window_shift: int = DEFAULT_WINDOW_SHIFT,
+                  window_min_score: float = DEFAULT_WINDOW_MIN_SCORE,
                   chunk_size: int = 2048) -> tuple[np.ndarray, np.ndarray]:
     """Refine predicted tracks against the video (see the module docstring).
 
@@ -243,9 +364,6 @@ def refine_tracks(video, query_points, tracks, occluded=None, jacobians=None,
         min_score: smallest normalised cross-correlation accepted.
         iterations: Gauss-Newton (Lucas-Kanade) steps after the integer search (0: a
             parabola through the best integer offset's neighbours instead).
-        deadband: corrections shorter than this (pixels) are not applied and longer ones
-            are shortened by it (the model is more precise than one patch match where it is
-            already right).
         min_support: with ``weights``, frames where the mean template weight is below this
             are not refined (the point is next to a boundary of its layer: there the
             model's own position is more accurate than a match).
@@ -257,7 +375,11 @@ def refine_tracks(video, query_points, tracks, occluded=None, jacobians=None,
             this far (whole pixels) with the template unwarped; 0: no second search.
         fallback_min_score: smallest score accepted from the second search (a wider search
             finds more look-alikes: stricter than ``min_score``).
-        chunk_size: queries processed together (bounds memory).
+        window_shift: distance in whole pixels of the 8 off-centre windows from the point
+            (see the module docstring); 0: the centred window only (about 6 times faster,
+            less precise next to layer boundaries). Must be 0 with ``weights``.
+        window_min_score: smallest score of a window taking part in the windows' consensus.
+        chunk_size: windows processed together (bounds memory).
 
     Returns:
         ``(refined tracks [N, T, 2] float32, match score [N, T] float32)``; the score is NaN
@@ -305,73 +427,62 @@ def refine_tracks(video, query_points, tracks, occluded=None, jacobians=None,
     if qt.min() < 0 or qt.max() >= t_count:
         raise ValueError(f"query times must lie in 0..{t_count - 1}")
 
+    if window_shift < 0:
+        raise ValueError("window_shift must be >= 0")
+    if weights is not None and window_shift > 0:
+        raise ValueError("weights apply to the centred window only: pass window_shift=0 "
+                         "with weights")
     offsets = patch_offsets(radius)  # [P, 2]
-    for c0 in range(0, n, chunk_size):
-        sl = slice(c0, min(c0 + chunk_size, n))
+    # the windows: centred on the point, and (window_shift > 0) the 8 around it
+    shifts = (patch_offsets(1) * float(window_shift)) if window_shift > 0 else torch.zeros(1, 2)
+    centre = int(shifts.shape[0] // 2)
+    num_win = shifts.shape[0]
+    if jacobians is None:
+        warps = np.broadcast_to(np.eye(2, dtype=np.float32), (n, t_count, 2, 2))
+    else:
+        warps = jac_all
+    per_chunk = max(1, chunk_size // num_win)
+    sh = shifts.numpy()
+    for c0 in range(0, n, per_chunk):
+        sl = slice(c0, min(c0 + per_chunk, n))
         m = sl.stop - sl.start
-        qc = torch.from_numpy(q[sl][:, [2, 1]]).float()
-        qtc = qt[sl]
-        # templates from each query's own frame
-        tmpl = torch.empty(m, offsets.shape[0], frames.shape[1])
-        for f in np.unique(qtc):
-            sel = torch.from_numpy(qtc == f)
-            tmpl[sel] = _sample(frames[int(f)], qc[sel][:, None] + offsets[None])
-        tmpl_raw = tmpl.reshape(m, -1)
-        tmpl = _normalise(tmpl_raw)
-        n_ch = frames.shape[1]
-        trc = torch.from_numpy(tr[sl])
-        jac = None if jacobians is None else torch.from_numpy(np.ascontiguousarray(jac_all[sl]))
-        for direction in (1, -1):
-            corr = torch.zeros(m, 2)
-            order = range(t_count) if direction > 0 else range(t_count - 1, -1, -1)
-            for t in order:
-                active = torch.from_numpy((qtc < t) if direction > 0 else (qtc > t))
-                if not bool(active.any()):
-                    continue
-                p = trc[:, t] + corr
-                inside = ((p[:, 0] >= 0) & (p[:, 0] <= w - 1) & (p[:, 1] >= 0)
-                          & (p[:, 1] <= h - 1))
-                todo = active & inside & ~torch.from_numpy(occ[sl][:, t])
-                if weights is not None and min_support > 0:
-                    todo &= torch.from_numpy(w_all[sl, t].mean(-1) >= min_support)
-                corr = torch.where(active[:, None], torch.zeros_like(corr), corr)
-                idx = torch.nonzero(todo).reshape(-1)
-                if idx.numel() == 0:
-                    continue
-                pi = p[idx]
-                if jac is None:
-                    pat_off = offsets[None].expand(idx.numel(), -1, -1)
-                else:
-                    pat_off = torch.einsum("nab,pb->npa", jac[idx, t], offsets)
-                if weights is None:
-                    sw, tm = None, tmpl[idx]
-                else:
-                    wt = torch.from_numpy(np.ascontiguousarray(w_all[sl.start + idx.numpy(), t]))
-                    sw = wt.sqrt().repeat_interleave(n_ch, dim=1)  # [M', P*C]
-                    tm = _normalise(tmpl_raw[idx], sw)
-                newp, best_score, ok = _match(frames[t], grads[t], tmpl_raw[idx], tm, sw, pi,
-                                              pat_off, search, iterations, robust, min_score)
-                if fallback_search > 0 and not bool(ok.all()):
-                    # where the warped template found nothing: a wider search with the
-                    # template unwarped (where the model is far off, its Jacobian is too)
-                    f = torch.nonzero(~ok).reshape(-1)
-                    p2, s2, ok2 = _match(frames[t], grads[t], tmpl_raw[idx[f]], tm[f],
-                                         None if sw is None else sw[f], pi[f],
-                                         offsets[None].expand(f.numel(), -1, -1),
-                                         fallback_search, iterations, robust,
-                                         fallback_min_score)
-                    newp[f] = torch.where(ok2[:, None], p2, newp[f])
-                    best_score[f] = torch.where(ok2, s2, best_score[f])
-                    ok[f] = ok2
-                step = newp - trc[idx, t]
-                if deadband > 0:
-                    # corrections below the matching noise are dropped, larger ones shrunk
-                    size = step.norm(dim=-1, keepdim=True)
-                    step = step * ((size - deadband).clamp(min=0) / size.clamp(min=1e-9))
-                refined = torch.where(ok[:, None], trc[idx, t] + step, trc[idx, t])
-                out[sl.start + idx.numpy(), t] = refined.numpy()
-                score[sl.start + idx.numpy(), t] = best_score.numpy()
-                corr[idx] = torch.where(ok[:, None], newp - trc[idx, t], torch.zeros(1, 2))
+        # window k of query i: template centred on q_i + s_k, predicted at track_i + J s_k
+        qx = np.repeat(q[sl][:, None, [2, 1]], num_win, 1) + sh[None]  # [m, K, 2]
+        js = np.einsum("ntab,kb->nkta", warps[sl], sh).astype(np.float32)  # [m, K, T, 2]
+        pred = tr[sl][:, None] + js
+        keep = ((qx[..., 0] >= 0) & (qx[..., 0] <= w - 1) & (qx[..., 1] >= 0)
+                & (qx[..., 1] <= h - 1))
+        keep[:, centre] = True
+        ii, kk = np.nonzero(keep)
+        pos, sc, acc = _refine_windows(
+            frames, grads, qx[ii, kk], qt[sl][ii], pred[ii, kk], occ[sl][ii],
+            None if jacobians is None else jac_all[sl][ii],
+            None if weights is None else w_all[sl][ii], offsets, radius=radius,
+            search=search, min_score=min_score, iterations=iterations,
+            min_support=min_support, robust=robust, fallback_search=fallback_search,
+            fallback_min_score=fallback_min_score)
+        pos_all = np.zeros((m, num_win, t_count, 2), np.float32)
+        pos_all[ii, kk] = pos
+        sc_all = np.full((m, num_win, t_count), np.nan, np.float32)
+        sc_all[ii, kk] = sc
+        acc_all = np.zeros((m, num_win, t_count), bool)
+        acc_all[ii, kk] = acc
+        # the centred window alone, where it was accepted
+        res = np.where(acc_all[:, centre, :, None], pos_all[:, centre], tr[sl])
+        best_sc = sc_all[:, centre]
+        if num_win > 1:
+            # where at least two windows match closely, the point is where the similarity
+            # transform that fits their matched centres puts it
+            good = acc_all & (np.nan_to_num(sc_all) >= window_min_score)
+            fitted, count = _window_consensus(pos_all, good, sh)
+            top = np.where(good, sc_all, -np.inf)
+            k1 = top.argmax(1)  # [m, T]
+            one = np.take_along_axis(pos_all - js, k1[:, None, :, None], 1)[:, 0]
+            res = np.where((count >= 2)[..., None], fitted,
+                           np.where(good.any(1)[..., None], one, res))
+            best_sc = np.where(good.any(1), top.max(1), best_sc)
+        out[sl] = res
+        score[sl] = best_sc
     out[np.arange(n), qt] = q[:, [2, 1]].astype(np.float32)
     return out, score
 

@@ -194,19 +194,64 @@ def test_boundary_weights_keep_the_query_layer():
     pred[:, 0] = q[:, [2, 1]]
     w = _true_weights(q, shifts)
     assert w[:, 0].min() == 1.0 and w[:, 1:].mean() < 0.8  # the right columns are dropped
-    out_w, _ = refine_tracks(video, q, pred, weights=w, min_support=0.0)
-    out_u, _ = refine_tracks(video, q, pred)
+    out_w, _ = refine_tracks(video, q, pred, weights=w, min_support=0.0, window_shift=0)
+    out_u, _ = refine_tracks(video, q, pred, window_shift=0)
     err_w = np.abs(out_w[:, 1:] - truth[:, 1:]).max()
     err_u = np.abs(out_u[:, 1:] - truth[:, 1:]).max()
     assert err_w < 0.1 < err_u, (err_w, err_u)
     # all-one weights are the unweighted match
     ones = np.ones_like(w)
-    np.testing.assert_allclose(refine_tracks(video, q, pred, weights=ones)[0], out_u,
-                               atol=1e-4)
+    np.testing.assert_allclose(refine_tracks(video, q, pred, weights=ones, window_shift=0)[0],
+                               out_u, atol=1e-4)
     # too little support (the default threshold): the model's position is kept
-    out_s, score = refine_tracks(video, q, pred, weights=w)
+    out_s, score = refine_tracks(video, q, pred, weights=w, window_shift=0)
     np.testing.assert_array_equal(out_s[:, 1:], pred[:, 1:].astype(np.float32))
     assert np.isnan(score[:, 1:]).all()
+
+
+def test_off_centre_windows_find_the_point_next_to_a_boundary():
+    # the clip above, queries 1 px from the boundary: the centred window straddles it, the
+    # windows 2 px to the left lie on the query's layer and their consensus places the point
+    shifts = [0.0, 1.3, 2.6, 3.4]
+    video = _boundary_clip(shifts)
+    ys = np.linspace(10, H - 10, 8)
+    q = np.stack([np.zeros(8), ys, np.full(8, 29.0)], 1)
+    truth = np.stack([q[:, [2, 1]] + np.array([s, 0.0]) for s in shifts], 1)
+    pred = truth + np.array([0.8, -0.6])
+    pred[:, 0] = q[:, [2, 1]]
+    out, score = refine_tracks(video, q, pred)
+    err = np.linalg.norm(out[:, 1:] - truth[:, 1:], axis=-1)
+    err0 = np.linalg.norm(refine_tracks(video, q, pred, window_shift=0)[0][:, 1:]
+                          - truth[:, 1:], axis=-1)
+    assert err.mean() < 0.15 and err.mean() < 0.5 * err0.mean(), (err.mean(), err0.mean())
+    assert err.max() < 0.5 < err0.max(), (err.max(), err0.max())
+    assert (score[:, 1:] >= 0.97).all()
+    # at the image's corner the windows outside the image are left out
+    corner = np.array([[0.0, 0.0, 0.0]])
+    c_out, _ = refine_tracks(video, corner, np.zeros((1, 4, 2)))
+    assert c_out.shape == (1, 4, 2) and np.isfinite(c_out).all()
+    with pytest.raises(ValueError, match="window_shift"):
+        refine_tracks(video, q, pred, weights=np.ones((8, 4, 25)))
+    with pytest.raises(ValueError, match="window_shift"):
+        refine_tracks(video, q, pred, window_shift=-1)
+
+
+def test_window_consensus_fits_a_similarity():
+    # matched window centres of a turned and scaled layer, one window on another layer and
+    # one not matched: the fit recovers the point, leaves the outlier out and counts the rest
+    from omnifast.refine import _window_consensus, patch_offsets
+
+    sh = (patch_offsets(1) * 2.0).numpy()
+    ang, scale, c = 0.3, 1.2, np.array([40.0, 30.0])
+    a, b = scale * np.cos(ang), scale * np.sin(ang)
+    mat = np.array([[a, -b], [b, a]])
+    pos = (c + sh @ mat.T)[None, :, None].astype(np.float32)  # [1, 9, 1, 2]
+    pos[0, 2, 0] += np.array([4.0, -3.0], np.float32)  # another layer
+    good = np.ones((1, 9, 1), bool)
+    good[0, 7, 0] = False
+    fitted, count = _window_consensus(pos, good, sh)
+    np.testing.assert_allclose(fitted[0, 0], c, atol=1e-3)
+    assert count[0, 0] == 7
 
 
 def test_input_validation_and_empty():

@@ -430,7 +430,9 @@ def evaluate_clip(clip: EvalClip, *, fit_fn: Callable | None = None, preset: str
 
             t2 = time.perf_counter()
             jac = tracker.local_jacobians(clip.query_points)
-            rtr, _ = refine_tracks(clip.video, clip.query_points, tr, occ, jac)
+            # every frame is refined, also those the model calls occluded (as
+            # Tracker.track_refined); the occlusion flags stay the model's
+            rtr, _ = refine_tracks(clip.video, clip.query_points, tr, None, jac)
             rtr = np.asarray(rtr, np.float64)
             refine_s = time.perf_counter() - t2
             rres = score_tracks(clip, rtr, occ)
