@@ -34,7 +34,10 @@ says where the point is to a fraction of a pixel. So, for each query and each ta
   the window) and the frame is not flagged ``occluded`` (``Tracker.track_refined`` flags
   none: a short fit calls some visible frames occluded); it is carried to the next frame
   (further from the query frame) as the centre of the next search, and reset to zero wherever
-  a frame is not refined (occluded, outside the frame, no confident match).
+  a frame is not refined (occluded, outside the frame, no confident match);
+* a correction more than 1 px from the running median of the corrections over 3 frames
+  (``temporal_median``) is replaced by that median: a frame matched on its own can jump to a
+  wrong match for a frame.
 
 The template always comes from the query frame, so errors do not accumulate the way they do
 when flow is chained frame to frame; the fitted model still decides where to look, across
@@ -58,6 +61,10 @@ DEFAULT_FALLBACK_MIN_SCORE = 0.9
 DEFAULT_WINDOW_SHIFT = 2
 #: default smallest score of a window that takes part in the consensus of the windows
 DEFAULT_WINDOW_MIN_SCORE = 0.97
+#: default length (frames) of the running median of the corrections, and how far (px) a
+#: correction may lie from it before it is replaced by it
+DEFAULT_TEMPORAL_MEDIAN = 3
+SPIKE_PX = 1.0
 #: windows further than this (px) from the consensus transform are left out of it
 CONSENSUS_INLIER_PX = 1.5
 #: default minimum normalised cross-correlation of an accepted match
@@ -311,6 +318,14 @@ def _refine_windows(frames: torch.Tensor, grads: torch.Tensor, q_xy: np.ndarray,
     return out, score, accepted
 
 
+def _running_median(x: np.ndarray, k: int) -> np.ndarray:
+    """Running median over ``k`` (odd) frames along axis 1, the ends padded with the end
+    values. [N, T, ...] -> [N, T, ...]"""
+    p = k // 2
+    pad = np.pad(x, ((0, 0), (p, p)) + ((0, 0),) * (x.ndim - 2), mode="edge")
+    return np.median(np.stack([pad[:, i:i + x.shape[1]] for i in range(k)]), 0).astype(x.dtype)
+
+
 def _window_consensus(pos: np.ndarray, good: np.ndarray, shifts: np.ndarray,
                       inlier_px: float = CONSENSUS_INLIER_PX, rounds: int = 5
                       ) -> tuple[np.ndarray, np.ndarray]:
@@ -345,6 +360,7 @@ def refine_tracks(video, query_points, tracks, occluded=None, jacobians=None,
                   fallback_min_score: float = DEFAULT_FALLBACK_MIN_SCORE,
                   window_shift: int = DEFAULT_WINDOW_SHIFT,
                   window_min_score: float = DEFAULT_WINDOW_MIN_SCORE,
+                  temporal_median: int = DEFAULT_TEMPORAL_MEDIAN,
                   chunk_size: int = 2048) -> tuple[np.ndarray, np.ndarray]:
     """Refine predicted tracks against the video (see the module docstring).
 
@@ -379,6 +395,9 @@ def refine_tracks(video, query_points, tracks, occluded=None, jacobians=None,
             (see the module docstring); 0: the centred window only (about 6 times faster,
             less precise next to layer boundaries). Must be 0 with ``weights``.
         window_min_score: smallest score of a window taking part in the windows' consensus.
+        temporal_median: a correction (refined minus predicted position) more than 1 px from
+            the running median of the corrections over this many frames (odd; 1: no filter)
+            is replaced by that median: a frame matched on its own can jump to a wrong match.
         chunk_size: windows processed together (bounds memory).
 
     Returns:
@@ -429,6 +448,8 @@ def refine_tracks(video, query_points, tracks, occluded=None, jacobians=None,
 
     if window_shift < 0:
         raise ValueError("window_shift must be >= 0")
+    if temporal_median < 1 or temporal_median % 2 == 0:
+        raise ValueError(f"temporal_median must be odd and >= 1, got {temporal_median}")
     if weights is not None and window_shift > 0:
         raise ValueError("weights apply to the centred window only: pass window_shift=0 "
                          "with weights")
@@ -483,6 +504,15 @@ def refine_tracks(video, query_points, tracks, occluded=None, jacobians=None,
             best_sc = np.where(good.any(1), top.max(1), best_sc)
         out[sl] = res
         score[sl] = best_sc
+    if temporal_median > 1 and n:
+        # a correction far from its neighbours' (one frame matched wrongly) is replaced by
+        # their running median; frames flagged occluded keep their positions
+        corr = out - tr
+        med = _running_median(corr, temporal_median)
+        # (the query frame is not a neighbour: its position is the query's own)
+        next_to_query = np.abs(np.arange(t_count)[None] - qt[:, None]) <= 1
+        spike = (np.linalg.norm(corr - med, axis=-1) > SPIKE_PX) & ~occ & ~next_to_query
+        out = np.where(spike[..., None], tr + med, out)
     out[np.arange(n), qt] = q[:, [2, 1]].astype(np.float32)
     return out, score
 

@@ -69,6 +69,31 @@ def test_recovers_a_subpixel_translation(iterations, robust):
     assert (out[:, 0] == q[:, [2, 1]].astype(np.float32)).all()  # the query itself
 
 
+def test_a_frame_without_a_match_takes_its_neighbours_correction():
+    shifts = [(0.0, 0.0), (0.4, 0.2), (0.9, 0.3), (1.3, 0.5), (1.8, 0.6)]
+    video = _video([_shift(*s) for s in shifts])
+    video[2] = np.random.default_rng(4).uniform(0, 1, video[2].shape)  # nothing to match
+    q = _queries(10)
+    truth = _truth(q, shifts)
+    pred = truth + np.array([1.5, -1.2])  # the same model error in every frame
+    pred[:, 0] = q[:, [2, 1]]
+    out, score = refine_tracks(video, q, pred)
+    raw, _ = refine_tracks(video, q, pred, temporal_median=1)
+    # unfiltered, frame 2 keeps the model's error; filtered, it gets frames 1 and 3's fix
+    np.testing.assert_array_equal(raw[:, 2], pred[:, 2].astype(np.float32))
+    assert np.abs(out[:, 2] - truth[:, 2]).max() < 0.05
+    others = [1, 3, 4]
+    np.testing.assert_allclose(out[:, others], raw[:, others])
+    assert np.abs(out[:, others] - truth[:, others]).max() < 0.05
+    # frames flagged occluded are not moved by the filter
+    occ = np.zeros((10, 5), bool)
+    occ[:, 2] = True
+    out_o, _ = refine_tracks(video, q, pred, occ)
+    np.testing.assert_array_equal(out_o[:, 2], pred[:, 2].astype(np.float32))
+    with pytest.raises(ValueError, match="temporal_median"):
+        refine_tracks(video, q, pred, temporal_median=2)
+
+
 def test_follows_rotation_with_the_jacobian():
     ang = np.deg2rad(25.0)
     c, s = np.cos(ang), np.sin(ang)
