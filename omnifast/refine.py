@@ -243,7 +243,7 @@ def similarity_part(jacobians) -> np.ndarray:
 def _refine_windows(frames: torch.Tensor, grads: torch.Tensor, q_xy: np.ndarray,
                     qt: np.ndarray, tracks: np.ndarray, occ: np.ndarray,
                     jac: np.ndarray | None, weights: np.ndarray | None, offsets: torch.Tensor,
-                    *, radius: int, search: int, min_score: float, iterations: int,
+                    *, search: int, min_score: float, iterations: int,
                     min_support: float, robust: bool, fallback_search: int,
                     fallback_min_score: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Refine M windows (templates centred on ``q_xy`` [M, 2] (x, y) in frames ``qt``,
@@ -438,6 +438,13 @@ def refine_tracks(video, query_points, tracks, occluded=None, jacobians=None,
                              f"got {list(w_all.shape)}")
         if not np.isfinite(w_all).all() or (w_all < 0).any():
             raise ValueError("weights must be finite and >= 0")
+    if window_shift < 0:
+        raise ValueError("window_shift must be >= 0")
+    if weights is not None and window_shift > 0:
+        raise ValueError("weights apply to the centred window only: pass window_shift=0 "
+                         "with weights")
+    if temporal_median < 1 or temporal_median % 2 == 0:
+        raise ValueError(f"temporal_median must be odd and >= 1, got {temporal_median}")
     out = tr.copy()
     score = np.full((n, t_count), np.nan, np.float32)
     if n == 0:
@@ -446,13 +453,6 @@ def refine_tracks(video, query_points, tracks, occluded=None, jacobians=None,
     if qt.min() < 0 or qt.max() >= t_count:
         raise ValueError(f"query times must lie in 0..{t_count - 1}")
 
-    if window_shift < 0:
-        raise ValueError("window_shift must be >= 0")
-    if temporal_median < 1 or temporal_median % 2 == 0:
-        raise ValueError(f"temporal_median must be odd and >= 1, got {temporal_median}")
-    if weights is not None and window_shift > 0:
-        raise ValueError("weights apply to the centred window only: pass window_shift=0 "
-                         "with weights")
     offsets = patch_offsets(radius)  # [P, 2]
     # the windows: centred on the point, and (window_shift > 0) the 8 around it
     shifts = (patch_offsets(1) * float(window_shift)) if window_shift > 0 else torch.zeros(1, 2)
@@ -478,9 +478,9 @@ def refine_tracks(video, query_points, tracks, occluded=None, jacobians=None,
         pos, sc, acc = _refine_windows(
             frames, grads, qx[ii, kk], qt[sl][ii], pred[ii, kk], occ[sl][ii],
             None if jacobians is None else jac_all[sl][ii],
-            None if weights is None else w_all[sl][ii], offsets, radius=radius,
-            search=search, min_score=min_score, iterations=iterations,
-            min_support=min_support, robust=robust, fallback_search=fallback_search,
+            None if weights is None else w_all[sl][ii], offsets, search=search,
+            min_score=min_score, iterations=iterations, min_support=min_support,
+            robust=robust, fallback_search=fallback_search,
             fallback_min_score=fallback_min_score)
         pos_all = np.zeros((m, num_win, t_count, 2), np.float32)
         pos_all[ii, kk] = pos
@@ -518,5 +518,6 @@ def refine_tracks(video, query_points, tracks, occluded=None, jacobians=None,
 
 
 __all__ = ["DEFAULT_FALLBACK_MIN_SCORE", "DEFAULT_FALLBACK_SEARCH", "DEFAULT_MIN_SCORE",
-           "DEFAULT_MIN_SUPPORT", "DEFAULT_RADIUS", "DEFAULT_SEARCH", "patch_offsets",
-           "refine_tracks", "similarity_part"]
+           "DEFAULT_MIN_SUPPORT", "DEFAULT_RADIUS", "DEFAULT_SEARCH", "DEFAULT_TEMPORAL_MEDIAN",
+           "DEFAULT_WINDOW_MIN_SCORE", "DEFAULT_WINDOW_SHIFT", "patch_offsets", "refine_tracks",
+           "similarity_part"]

@@ -303,7 +303,7 @@ class Tracker:
         where it is not (benchmarks/RESULTS.md, quality). ``refine_kw`` are passed on
         (``radius``, ``search``, ``min_score``, ``window_shift``, ...). Costs about 3
         :meth:`track` calls, plus (2r+1)^2 with the boundary weights, and the matching of 9
-        windows per query and frame (about 0.2 s per query for 24 frames on 2 cores;
+        windows per query and frame (4-7 s for 256 queries of 24 frames on 2 idle cores;
         ``window_shift=0``: one window, about 6 times faster and less precise).
 
         Returns:
