@@ -295,21 +295,25 @@ class Tracker:
         """:meth:`track`, then :func:`omnifast.refine.refine_tracks` against the video.
 
         Positions are corrected by template matching from the query frame, warped by the
-        fitted model's local Jacobian, in every frame (also those the model calls occluded);
-        occlusion flags are the model's. With
+        fitted model's local Jacobian (then by the similarity transforms the matches
+        themselves give, over ``passes`` passes), in every frame (also those the model calls
+        occluded), with the frame-to-frame optical flow of ``video``
+        (:func:`omnifast.refine.frame_flows`) as a second candidate per frame unless
+        ``flows`` is passed (None: none); occlusion flags are the model's. With
         ``boundary_weights`` the match is restricted to the pixels that
         :meth:`template_weights` says move with the query, and frames next to a boundary keep
         the model's position: better where the fit is good (a smooth local mapping), worse
         where it is not (benchmarks/RESULTS.md, quality). ``refine_kw`` are passed on
-        (``radius``, ``search``, ``min_score``, ``window_shift``, ...). Costs about 3
-        :meth:`track` calls, plus (2r+1)^2 with the boundary weights, and the matching of 9
-        windows per query and frame (4-7 s for 256 queries of 24 frames on 2 idle cores;
-        ``window_shift=0``: one window, about 6 times faster and less precise).
+        (``radius``, ``search``, ``min_score``, ``window_shift``, ``passes``, ...). Costs
+        about 3 :meth:`track` calls, plus (2r+1)^2 with the boundary weights, and per pass
+        the matching of 9 windows per query and frame at two candidates (23-36 s in all for
+        256 queries of 24 96x128 frames on 2 idle cores, against 4-7 s for one pass without
+        flows; ``window_shift=0``: one window and one pass, much faster and less precise).
 
         Returns:
             ``(tracks [N, T, 2] float32, occluded [N, T] bool)`` as :meth:`track`.
         """
-        from omnifast.refine import DEFAULT_RADIUS, refine_tracks  # noqa: PLC0415
+        from omnifast.refine import DEFAULT_RADIUS, frame_flows, refine_tracks  # noqa: PLC0415
 
         frames = np.asarray(video)
         if frames.ndim != 4 or frames.shape[0] != self.num_frames or \
@@ -329,6 +333,8 @@ class Tracker:
         # every frame is refined, also those the model calls occluded: a short fit calls some
         # visible frames occluded, and where the template matches there the position is
         # corrected (benchmarks/RESULTS.md, quality); the occlusion flags stay the model's
+        if "flows" not in refine_kw and len(q):
+            refine_kw["flows"] = frame_flows(frames)
         refined, _ = refine_tracks(frames, q, tracks, None, jac, wts, **refine_kw)
         return refined, occluded
 

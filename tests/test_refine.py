@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from omnifast.refine import refine_tracks, similarity_part
+from omnifast.refine import frame_flows, refine_tracks, similarity_part
 
 H, W = 48, 64
 
@@ -117,6 +117,36 @@ def test_follows_rotation_with_the_jacobian():
     out, score = refine_tracks(video, q, pred, jacobians=jac, radius=3)
     assert np.abs(out[:, 1] - truth[:, 1]).max() < 0.1
     assert (score[:, 1] > 0.95).all()
+
+
+def test_later_passes_warp_by_the_matched_similarity():
+    # a layer turning by 7 degrees and growing by 4 % a frame; the Jacobians given say it does
+    # neither: one pass loses precision as the rotation grows, later passes warp the
+    # templates by the transform the windows' matches fitted and recover the point
+    cx, cy = W / 2, H / 2
+    angs, scales = np.deg2rad(7.0 * np.arange(5)), 1.0 + 0.04 * np.arange(5)
+
+    def sim(a, k):
+        ca, sa = np.cos(a), np.sin(a)
+        return lambda x, y: ((ca * (x - cx) + sa * (y - cy)) / k + cx,
+                             (-sa * (x - cx) + ca * (y - cy)) / k + cy)
+
+    video = _video([sim(a, k) for a, k in zip(angs, scales)])
+    q = _queries(20, seed=3)
+    x, y = q[:, 2] - cx, q[:, 1] - cy
+    truth = np.stack([np.stack([k * (np.cos(a) * x - np.sin(a) * y) + cx,
+                                k * (np.sin(a) * x + np.cos(a) * y) + cy], 1)
+                      for a, k in zip(angs, scales)], 1)
+    pred = truth + np.array([1.0, -0.7])
+    pred[:, 0] = q[:, [2, 1]]
+    jac = np.broadcast_to(np.eye(2, dtype=np.float32), (len(q), 5, 2, 2))
+    err1 = np.linalg.norm(refine_tracks(video, q, pred, jacobians=jac, passes=1)[0] - truth,
+                          axis=-1)
+    out, score = refine_tracks(video, q, pred, jacobians=jac, passes=4)
+    err4 = np.linalg.norm(out - truth, axis=-1)
+    assert err1[:, 3:].max() > 1.0
+    assert err4.max() < 0.1, err4.max(0)
+    assert (score[:, 1:] > 0.99).all()
 
 
 def test_fallback_search_beyond_the_first_window():
@@ -274,9 +304,84 @@ def test_window_consensus_fits_a_similarity():
     pos[0, 2, 0] += np.array([4.0, -3.0], np.float32)  # another layer
     good = np.ones((1, 9, 1), bool)
     good[0, 7, 0] = False
-    fitted, count = _window_consensus(pos, good, sh)
+    fitted, count, lin = _window_consensus(pos, good, sh)
     np.testing.assert_allclose(fitted[0, 0], c, atol=1e-3)
+    np.testing.assert_allclose(lin[0, 0], mat, atol=1e-3)
     assert count[0, 0] == 7
+
+
+def test_fill_nearest():
+    from omnifast.refine import _fill_nearest
+
+    x = np.arange(2 * 5 * 4, dtype=np.float32).reshape(2, 5, 2, 2)
+    valid = np.array([[False, False, False, True, False],
+                      [False, False, False, False, False]])
+    out = _fill_nearest(x, valid, np.array([0, 2]))
+    eye = np.eye(2, dtype=np.float32)
+    # query 0: its own frame (0) the identity, frame 1 nearer to 0 than 3, frames 2-4 from 3
+    for t, want in enumerate([eye, eye, x[0, 3], x[0, 3], x[0, 3]]):
+        np.testing.assert_array_equal(out[0, t], want)
+    # query 1: nothing estimated, the identity of its query frame everywhere
+    np.testing.assert_array_equal(out[1], np.broadcast_to(eye, (5, 2, 2)))
+
+
+def _translation_flows(shifts):
+    """Exact frame-to-frame flows of a video of translations: (forward, backward)."""
+    d = np.diff(np.asarray(shifts, np.float32), axis=0)  # [T-1, 2]
+    fwd = np.broadcast_to(d[:, None, None], (len(d), H, W, 2)).copy()
+    return fwd, -fwd
+
+
+@pytest.mark.parametrize("backwards", [False, True])
+def test_flow_candidates_recover_a_lost_track(backwards):
+    shifts = [(0.0, 0.0), (1.3, 0.4), (2.5, 0.9), (3.4, 1.7), (4.6, 2.2), (5.5, 3.1)]
+    video = _video([_shift(*s) for s in shifts])
+    q = _queries(12, seed=8)
+    truth = _truth(q, shifts)
+    # the model follows the point for two frames, then jumps 10 px away and stays there
+    pred = truth.copy()
+    pred[:, 3:] += np.array([10.0, -7.0])
+    flows = _translation_flows(shifts)
+    if backwards:  # the same clip played backwards, queried in its last frame
+        video, truth, pred = video[::-1].copy(), truth[:, ::-1], pred[:, ::-1]
+        flows = (flows[1][::-1].copy(), flows[0][::-1].copy())
+        q = q.copy()
+        q[:, 0] = len(shifts) - 1
+    out, score = refine_tracks(video, q, pred, flows=flows)
+    assert np.abs(out - truth).max() < 0.05
+    assert (score[np.isfinite(score)] > 0.95).all()
+    # without the flow's candidates the jump is beyond both searches: the track stays lost
+    out0, _ = refine_tracks(video, q, pred)
+    lost = slice(3, None) if not backwards else slice(None, -3)
+    assert np.abs(out0[:, lost] - truth[:, lost]).min() > 5.0
+
+
+def test_flow_candidates_do_not_override_a_better_model_match():
+    # the flow is 6 px wrong in one frame; the model is right: its match wins, and the chain
+    # goes on from the matched position
+    video = _video([_shift(*s) for s in SHIFTS])
+    q = _queries(12, seed=9)
+    truth = _truth(q, SHIFTS)
+    fwd, bwd = _translation_flows(SHIFTS)
+    fwd[1] += np.array([6.0, 0.0], np.float32)
+    out, _ = refine_tracks(video, q, truth + 0.4, flows=(fwd, bwd), fallback_search=0)
+    assert np.abs(out - truth).max() < 0.05
+
+
+def test_frame_flows_of_a_translation():
+    shifts = [(0.0, 0.0), (1.0, 0.5), (2.5, 0.0)]
+    video = (_video([_shift(*s) for s in shifts]) * 255).round().astype(np.uint8)
+    fwd, bwd = frame_flows(video)
+    assert fwd.shape == bwd.shape == (2, H, W, 2) and fwd.dtype == np.float32
+    inner = (slice(8, -8), slice(8, -8))
+    for i in range(2):
+        step = np.subtract(shifts[i + 1], shifts[i])
+        assert np.abs(np.median(fwd[i][inner].reshape(-1, 2), 0) - step).max() < 0.15
+        assert np.abs(np.median(bwd[i][inner].reshape(-1, 2), 0) + step).max() < 0.15
+    f1, b1 = frame_flows(video[:1])
+    assert f1.shape == b1.shape == (0, H, W, 2)
+    with pytest.raises(ValueError, match="video"):
+        frame_flows(video[0, 0])
 
 
 def test_input_validation_and_empty():
@@ -305,6 +410,17 @@ def test_input_validation_and_empty():
         refine_tracks(video, q, pred, weights=np.ones((3, 2, 9)))
     with pytest.raises(ValueError, match="finite"):
         refine_tracks(video, q, pred, weights=np.full((3, 2, 25), np.nan))
+    with pytest.raises(ValueError, match="forward flows"):
+        refine_tracks(video, q, pred, flows=(np.zeros((2, H, W, 2)), np.zeros((1, H, W, 2))))
+    with pytest.raises(ValueError, match="backward flows must be finite"):
+        refine_tracks(video, q, pred, flows=(np.zeros((1, H, W, 2)),
+                                             np.full((1, H, W, 2), np.nan)))
+    with pytest.raises(ValueError, match="pair"):
+        refine_tracks(video, q, pred, flows=np.zeros((1, H, W, 2)))
+    with pytest.raises(ValueError, match="passes"):
+        refine_tracks(video, q, pred, passes=0)
+    with pytest.raises(ValueError, match="warp_min_windows"):
+        refine_tracks(video, q, pred, warp_min_windows=10)
     out, score = refine_tracks(video, np.zeros((0, 3)), np.zeros((0, 2, 2)))
     assert out.shape == (0, 2, 2) and score.shape == (0, 2)
 

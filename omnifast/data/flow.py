@@ -90,6 +90,23 @@ def _dis(preset: str, shape: tuple[int, int], finest_scale: int | None = 0
     return cache[key]
 
 
+def grey_frames(video) -> np.ndarray:
+    """Grey uint8 frames of a clip, as DIS takes them: [T, H, W, 3] RGB or [T, H, W(, 1)]
+    grey, uint8 or float (in [0, 1], or [0, 255] when any value exceeds 1). -> [T, H, W]"""
+    v = np.asarray(video)
+    if v.ndim == 4 and v.shape[-1] == 1:
+        v = v[..., 0]
+    if not ((v.ndim == 4 and v.shape[-1] == 3) or v.ndim == 3):
+        raise ValueError(f"video must be [T, H, W, 3] RGB or [T, H, W] grey, got {list(v.shape)}")
+    if v.dtype != np.uint8:
+        scale = 255.0 if float(np.nanmax(v, initial=0.0)) <= 1.0 else 1.0
+        v = np.clip(np.rint(np.nan_to_num(v.astype(np.float64)) * scale), 0, 255).astype(np.uint8)
+    if v.ndim == 3:
+        return np.ascontiguousarray(v)
+    return np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in v]) if len(v) else \
+        np.zeros(v.shape[:3], np.uint8)
+
+
 def pair_flow(gray_i: np.ndarray, gray_j: np.ndarray, preset: str = "medium",
               finest_scale: int | None = 0) -> np.ndarray:
     """DIS optical flow from one grey frame to another.
@@ -426,6 +443,6 @@ def _compute(frames: np.ndarray, s: MotionSettings, workers: int, progress: bool
 
 
 __all__ = ["DIS_PRESETS", "MotionSettings", "compute_motion", "default_cache_dir",
-           "filter_pair", "load_tracks", "merge_tracks", "motion_cache_key",
+           "filter_pair", "grey_frames", "load_tracks", "merge_tracks", "motion_cache_key",
            "motion_from_omnimotion_folder", "motion_from_tracks", "pair_flow", "smooth_frames",
            "write_omnimotion_folder"]

@@ -21,17 +21,14 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from omnifast.data.flow import DIS_PRESETS
+from omnifast.data.flow import DIS_PRESETS, grey_frames
 
 
 def _grey(video: np.ndarray) -> np.ndarray:
     video = np.asarray(video)
     if video.ndim != 4 or video.shape[-1] != 3:
         raise ValueError(f"video must be [T, H, W, 3] RGB, got {video.shape}")
-    if video.dtype != np.uint8:
-        video = np.clip(np.rint(video * (255.0 if video.max() <= 1.0 else 1.0)), 0, 255)
-        video = video.astype(np.uint8)
-    return np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in video])
+    return grey_frames(video)
 
 
 class _Flow:

@@ -426,13 +426,14 @@ def evaluate_clip(clip: EvalClip, *, fit_fn: Callable | None = None, preset: str
                    steps=info.get("steps"), optimise_seconds=info.get("fit_seconds"))
         results[METHOD_OMNIFAST], preds[METHOD_OMNIFAST] = res, (tr, occ)
         if refine and hasattr(tracker, "local_jacobians"):
-            from omnifast.refine import refine_tracks  # noqa: PLC0415
+            from omnifast.refine import frame_flows, refine_tracks  # noqa: PLC0415
 
             t2 = time.perf_counter()
             jac = tracker.local_jacobians(clip.query_points)
             # every frame is refined, also those the model calls occluded (as
             # Tracker.track_refined); the occlusion flags stay the model's
-            rtr, _ = refine_tracks(clip.video, clip.query_points, tr, None, jac)
+            rtr, _ = refine_tracks(clip.video, clip.query_points, tr, None, jac,
+                                   flows=frame_flows(clip.video))
             rtr = np.asarray(rtr, np.float64)
             refine_s = time.perf_counter() - t2
             rres = score_tracks(clip, rtr, occ)
