@@ -362,8 +362,9 @@ def _refine_windows(frames: torch.Tensor, grads: torch.Tensor, q_xy: np.ndarray,
 
 def frame_flows(video, preset: str = "medium") -> tuple[np.ndarray, np.ndarray]:
     """DIS optical flow between consecutive frames, both ways, at full resolution: the
-    ``flows`` of :func:`refine_tracks`. Returns (forward [T-1, H, W, 2]: frame t to t+1,
-    backward [T-1, H, W, 2]: frame t+1 to t), float32 (dx, dy)."""
+    ``flows`` of :func:`refine_tracks` (16 bytes per pixel and frame: about 1 GB for 200
+    frames of 640x480). Returns (forward [T-1, H, W, 2]: frame t to t+1, backward
+    [T-1, H, W, 2]: frame t+1 to t), float32 (dx, dy)."""
     from omnifast.data.flow import grey_frames, pair_flow  # noqa: PLC0415
 
     grey = grey_frames(video)

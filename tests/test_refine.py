@@ -500,3 +500,24 @@ def test_track_refined_checks_the_video(tracker):
         tracker.track_refined(q, video[:3])
     with pytest.raises(ValueError, match="fitted clip"):
         tracker.track_refined(q, video[:, :20])
+
+
+def test_track_refined_passes_the_clip_flows(tracker, monkeypatch):
+    import omnifast.refine as refine
+
+    seen = []
+    real = refine.refine_tracks
+
+    def spy(*args, **kw):
+        seen.append(kw.get("flows"))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(refine, "refine_tracks", spy)
+    q = _queries(5)
+    video = _video([_shift(0.3 * t, 0) for t in range(4)])
+    tracker.track_refined(q, video)
+    tracker.track_refined(q, video, flows=None)
+    want = refine.frame_flows(video)
+    assert len(seen) == 2 and seen[1] is None
+    for got, exp in zip(seen[0], want):
+        np.testing.assert_array_equal(got, exp)
