@@ -112,9 +112,8 @@ def _frames_tensor(video) -> torch.Tensor:
 def _sample(frame: torch.Tensor, pts: torch.Tensor) -> torch.Tensor:
     """Bilinear samples of one frame [C, H, W] at (x, y) pixels [M, P, 2] -> [M, P, C]."""
     c, h, w = frame.shape
-    g = torch.empty_like(pts)
-    g[..., 0] = pts[..., 0] * (2.0 / max(w - 1, 1)) - 1.0
-    g[..., 1] = pts[..., 1] * (2.0 / max(h - 1, 1)) - 1.0
+    scale = torch.tensor([2.0 / max(w - 1, 1), 2.0 / max(h - 1, 1)], dtype=pts.dtype)
+    g = pts * scale - 1.0
     out = F.grid_sample(frame[None], g[None], mode="bilinear", padding_mode="border",
                         align_corners=True)
     return out[0].permute(1, 2, 0)
