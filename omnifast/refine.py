@@ -119,6 +119,11 @@ def _sample(frame: torch.Tensor, pts: torch.Tensor) -> torch.Tensor:
     return out[0].permute(1, 2, 0)
 
 
+def _inside(p, h: int, w: int):
+    """Whether (x, y) points [..., 2] (numpy or torch) lie in an h x w frame. [...] bool"""
+    return (p[..., 0] >= 0) & (p[..., 0] <= w - 1) & (p[..., 1] >= 0) & (p[..., 1] <= h - 1)
+
+
 def _normalise(x: torch.Tensor, sw: torch.Tensor | None = None) -> torch.Tensor:
     """Zero-mean, unit-norm vectors along the last dimension; with ``sw`` (square roots of
     non-negative weights, broadcastable to ``x``) the weighted mean is removed and the result
@@ -284,9 +289,6 @@ def _refine_windows(frames: torch.Tensor, grads: torch.Tensor, q_xy: np.ndarray,
     trc = torch.from_numpy(np.ascontiguousarray(tracks, np.float32))
     jt = None if jac is None else torch.from_numpy(np.ascontiguousarray(jac, np.float32))
 
-    def inside_frame(p):
-        return (p[:, 0] >= 0) & (p[:, 0] <= w - 1) & (p[:, 1] >= 0) & (p[:, 1] <= h - 1)
-
     for direction in (1, -1):
         corr = torch.zeros(m, 2)
         # the flow candidates' chain: the last position, moved on by the flow each frame
@@ -297,8 +299,7 @@ def _refine_windows(frames: torch.Tensor, grads: torch.Tensor, q_xy: np.ndarray,
             if not bool(active.any()):
                 continue
             p = trc[:, t] + corr
-            inside = inside_frame(p)
-            todo = active & inside & ~torch.from_numpy(occ[:, t])
+            todo = active & _inside(p, h, w) & ~torch.from_numpy(occ[:, t])
             if weights is not None and min_support > 0:
                 todo &= torch.from_numpy(weights[:, t].mean(-1) >= min_support)
             corr = torch.where(active[:, None], torch.zeros_like(corr), corr)
@@ -326,7 +327,7 @@ def _refine_windows(frames: torch.Tensor, grads: torch.Tensor, q_xy: np.ndarray,
                 # the flow's candidate: where the fit has lost the point, the previous
                 # frame's (matched) position moved by the frame-to-frame flow
                 fc = chain[idx]
-                fi = torch.nonzero(inside_frame(fc)).reshape(-1)
+                fi = torch.nonzero(_inside(fc, h, w)).reshape(-1)
                 if fi.numel():
                     pf, sf, okf = _match(frames[t], grads[t], tmpl_raw[idx[fi]], tm[fi],
                                          None if sw is None else sw[fi], fc[fi],
@@ -586,8 +587,7 @@ def refine_tracks(video, query_points, tracks, occluded=None, jacobians=None,
             qx = np.repeat(q[sl][:, None, [2, 1]], num_win, 1) + sh[None]  # [m, K, 2]
             js = np.einsum("ntab,kb->nkta", warps_now[sl], sh).astype(np.float32)  # [m,K,T,2]
             pred = tr[sl][:, None] + js
-            keep = ((qx[..., 0] >= 0) & (qx[..., 0] <= w - 1) & (qx[..., 1] >= 0)
-                    & (qx[..., 1] <= h - 1))
+            keep = _inside(qx, h, w)
             keep[:, centre] = True
             ii, kk = np.nonzero(keep)
             pos, sc, acc = _refine_windows(

@@ -387,7 +387,7 @@ def _compute(frames: np.ndarray, s: MotionSettings, workers: int, progress: bool
         flows = open_memmap(out_dir / "flows.npy", "w+", np.float32, (t, t, h, w, 2))
         cycle = open_memmap(out_dir / "cycle.npy", "w+", bool, (t, t, h, w))
         occluded = open_memmap(out_dir / "occluded.npy", "w+", bool, (t, t, h, w))
-    gray = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]
+    gray = grey_frames(frames)
     smooth = smooth_frames(frames, s.appearance_sigma)
 
     def one_pair(pair: tuple[int, int]) -> None:
