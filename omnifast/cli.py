@@ -160,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fit", help="fit a video and write the tracker, tracks and pictures")
     p.add_argument("video", help="video file, image folder or OmniMotion sequence folder")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--preset", default="cpu", choices=["cpu", "omnimotion"])
+    p.add_argument("--preset", default="cpu", choices=["cpu", "gpu", "omnimotion"])
     p.add_argument("--iters", type=int, default=None, help="optimisation steps (preset default)")
     p.add_argument("--device", default=None, choices=["cpu", "cuda"])
     p.add_argument("--seed", type=int, default=0)
