@@ -328,6 +328,19 @@ def _supports_triton(device: torch.device, dtype: torch.dtype) -> str | None:
     return None
 
 
+_COORDS: dict[tuple, torch.Tensor] = {}
+
+
+def _coords_tensor(coords: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """The layers' coordinates as an int32 device tensor, uploaded once per (coords, device):
+    an upload per call would block the host and cannot be captured in a CUDA graph."""
+    key = (coords, device)
+    t = _COORDS.get(key)
+    if t is None:
+        t = _COORDS[key] = torch.tensor(coords, dtype=torch.int32, device=device)
+    return t
+
+
 @register("coupling_stack", "triton", supports=_supports_triton)
 def coupling_stack_triton(x: torch.Tensor, frame_idx: torch.Tensor, codes: torch.Tensor,
                           params: CouplingParams, coords: tuple[int, ...], n_freq: int,
@@ -352,7 +365,7 @@ def coupling_stack_triton(x: torch.Tensor, frame_idx: torch.Tensor, codes: torch
         return coupling_stack_ref(x, frame_idx, codes, params, coords, n_freq, inverse)
     fb = frame_bias(codes.to(x.dtype), params).to(x.dtype).contiguous()
     ws = _stacked(params, x.dtype)
-    coords_t = torch.tensor([int(c) for c in coords], dtype=torch.int32, device=x.device)
+    coords_t = _coords_tensor(tuple(int(c) for c in coords), x.device)
     return TritonCouplingStackFunction.apply(
         x.contiguous(), frame_idx.to(torch.int64).contiguous(), coords_t, fb, *ws, int(n_freq),
         bool(inverse), get_matmul_precision())

@@ -277,6 +277,11 @@ class BatchPrefetcher:
         self._pending = (index + 1, self._pool.submit(self._draw, index + 1), before)
         return batch
 
+    def wait(self) -> None:
+        """Wait for the draw in flight (keeping it)."""
+        if self._pending is not None:
+            self._pending[1].exception()
+
     def drain(self) -> None:
         """Wait for the draw in flight, drop it and rewind the sampler to before it."""
         if self._pending is not None:

@@ -164,7 +164,7 @@ class CudaGraphStep:
         trainer._force_skip.fill_(0.0)
         self.graph = torch.cuda.CUDAGraph()
         trainer.optimizer.zero_grad(set_to_none=True)
-        with torch.cuda.graph(self.graph):
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
             trainer._step_body(self.batch, self.noise, step)
         for t, v in zip(trainer._counters(), kept):
             t.copy_(v)
@@ -446,6 +446,8 @@ class Trainer:
         near = _losses.masked_near_samples(step, self.cfg, self.model.config.num_samples)
         graph = self._graphs.get(near)
         if graph is None:
+            if self._prefetcher is not None:  # no host-memory pinning while capturing
+                self._prefetcher.wait()
             try:
                 graph = self._graphs[near] = CudaGraphStep(self, batch, step)
             except Exception as exc:  # noqa: BLE001 (any capture failure: run eagerly)
