@@ -55,7 +55,8 @@ def fit(video, *, preset: str | Preset = "cpu", iters: int | None = None,
         out_dir: str | os.PathLike | None = None, device: str | torch.device | None = None,
         seed: int = 0, resume: bool = False, progress: bool = True,
         tensorboard: str | os.PathLike | None = None, max_side: int | None = None,
-        motion: MotionData | None = None, tracks=None) -> Tracker:
+        motion: MotionData | None = None, tracks=None,
+        compile: str | bool | None = None) -> Tracker:
     """Fit OmniMotion to a clip and return a tracker.
 
     Args:
@@ -79,6 +80,9 @@ def fit(video, *, preset: str | Preset = "cpu", iters: int | None = None,
             ``tracks [N, T, 2]`` (x, y pixels) and ``visible [N, T]`` (or ``occluded``). They
             become long-range pairs on top of the optical flow (where a track gives a
             correspondence, it wins).
+        compile: how each step runs: ``"graph"`` (the whole step as one CUDA graph, the
+            default on CUDA unless ``OMNIFAST_CUDA_GRAPH=0``), ``"eager"`` (the default on the
+            CPU), or ``"compile"`` (forward and losses through ``torch.compile``).
 
     Returns:
         a :class:`~omnifast.track.Tracker`; its ``frames`` attribute holds the input frames.
@@ -124,7 +128,7 @@ def fit(video, *, preset: str | Preset = "cpu", iters: int | None = None,
                 writer.add_scalar(key, value, step)
     t0 = time.time()
     trainer = Trainer(motion, preset_obj, iters=iters, out_dir=out, device=device, seed=seed,
-                      progress=progress, log=log)
+                      progress=progress, log=log, compile=compile)
     try:
         model = trainer.run(resume=resume)
     finally:
