@@ -142,7 +142,7 @@ class CudaGraphStep:
         step: an iteration with the number of masked near samples this graph is for.
     """
 
-    WARMUP = 2
+    WARMUP = 3
 
     def __init__(self, trainer: Trainer, batch: Batch, step: int) -> None:
         dev = trainer.device
@@ -154,20 +154,23 @@ class CudaGraphStep:
         self.noise = torch.full((p, n, trainer.model.config.num_samples), 0.5, device=dev,
                                 dtype=trainer.model.param_dtype)
         kept = [t.clone() for t in trainer._counters()]
-        trainer._force_skip.fill_(1.0)
-        side = torch.cuda.Stream(device=dev)
-        side.wait_stream(torch.cuda.current_stream(dev))
-        with torch.cuda.stream(side):
-            for _ in range(self.WARMUP):
+        try:
+            trainer._force_skip.fill_(1.0)
+            side = torch.cuda.Stream(device=dev)
+            side.wait_stream(torch.cuda.current_stream(dev))
+            with torch.cuda.stream(side):
+                for _ in range(self.WARMUP):
+                    trainer._step_body(self.batch, self.noise, step)
+            torch.cuda.current_stream(dev).wait_stream(side)
+            trainer._force_skip.fill_(0.0)
+            self.graph = torch.cuda.CUDAGraph()
+            trainer.optimizer.zero_grad(set_to_none=True)
+            with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
                 trainer._step_body(self.batch, self.noise, step)
-        torch.cuda.current_stream(dev).wait_stream(side)
-        trainer._force_skip.fill_(0.0)
-        self.graph = torch.cuda.CUDAGraph()
-        trainer.optimizer.zero_grad(set_to_none=True)
-        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
-            trainer._step_body(self.batch, self.noise, step)
-        for t, v in zip(trainer._counters(), kept):
-            t.copy_(v)
+        finally:  # the warm-up steps leave no trace, whether the capture worked or not
+            trainer._force_skip.fill_(0.0)
+            for t, v in zip(trainer._counters(), kept):
+                t.copy_(v)
 
     def run(self, batch: Batch, generator: torch.Generator) -> None:
         """Replay the step on ``batch`` (host or device tensors; copied without a sync)."""
