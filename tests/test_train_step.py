@@ -383,3 +383,12 @@ def test_gpu_check_dry_run_on_the_cpu(tmp_path):
         assert stage in summary, summary
     assert "PASS  step_bench" in summary, summary
     assert (out / "step_bench.json").exists()
+
+
+def test_gpu_preset_is_the_original_until_measured():
+    gpu, orig = get_preset("gpu"), get_preset("omnimotion")
+    assert gpu.model == orig.model
+    assert gpu.train.num_pairs == 8 and gpu.train.num_pts == 256 and gpu.model.num_samples == 32
+    assert gpu.train.num_iters == orig.train.num_iters == 100_000
+    assert gpu.train == orig.train.__class__(**{**orig.train.__dict__, "matmul_precision": "tf32"})
+    assert "until" in gpu.description and "100,000" in gpu.description
