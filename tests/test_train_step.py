@@ -154,6 +154,29 @@ def test_compute_losses_with_tensor_weights_is_the_same(motion):
         assert (float(ta["distortion"]) > 0) == (step > TINY_TRAIN.dist_start)
 
 
+def _pairwise_distortion(w, d):
+    """The distortion loss written as its definition: a double sum over sample pairs."""
+    d = torch.cat([d, d[..., -1:]], dim=-1)
+    mid, width = 0.5 * (d[..., 1:] + d[..., :-1]), d[..., 1:] - d[..., :-1]
+    pair = (w[..., :, None] * w[..., None, :] * (mid[..., :, None] - mid[..., None, :]).abs())
+    return (pair.sum((-1, -2)) + (w.square() * width).sum(-1) / 3.0).mean()
+
+
+@pytest.mark.parametrize("k", [1, 2, 5, 32])
+def test_distortion_running_sums_equal_the_double_sum(k):
+    from omnifast.model.geometry import sample_depths
+
+    gen = torch.Generator().manual_seed(k)
+    w = torch.rand(3, 7, k, generator=gen, dtype=torch.float64).requires_grad_()
+    d = sample_depths((3, 7), k, 0.0, 2.0, stratified=True, generator=gen, dtype=torch.float64)
+    got, want = L.distortion_loss(w, d), _pairwise_distortion(w, d)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
+    dy = torch.randn((), generator=gen, dtype=torch.float64)
+    g1, = torch.autograd.grad(got, w, dy)
+    g2, = torch.autograd.grad(want, w, dy)
+    torch.testing.assert_close(g1, g2, rtol=1e-10, atol=1e-12)
+
+
 # ------------------------------------------------------------------ no host syncs in the step
 def _inside_cpu_extension(func, args) -> bool:
     """A scalar read of a CPU tensor issued from C++ inside one of omnifast._C's CPU entry points
@@ -365,7 +388,8 @@ def test_cuda_graph_step_matches_eager(motion, backend):
         a.run()
         b = Trainer(motion, preset, device="cuda", progress=False, compile="graph")
         b.run()
-    assert b.step_mode == "graph" and len(b._graphs) == 2  # mask_near on, then off
+    # mask_near on (steps 1-2), then off; distortion off up to step 3, then on
+    assert b.step_mode == "graph" and sorted(b._graphs) == [(0, False), (0, True), (1, False)]
     for p, q in zip(a._params, b._params):
         torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5)
     assert abs(a.last_loss - b.last_loss) <= 1e-4 * abs(a.last_loss) + 1e-6

@@ -12,8 +12,9 @@ Deliberate differences from the original:
   of NaN;
 * every term is a masked reduction over fixed shapes (no boolean indexing, no host reads), so
   the scene-flow term maps the samples of every pair and masks out the pairs without both
-  neighbouring frames, and the distortion term is computed (and weighted by 0) before it
-  switches on. The values are the same up to the order of the sums.
+  neighbouring frames. The values are the same up to the order of the sums;
+* the distortion term's double sum over sample pairs is computed in O(K) per ray from
+  running sums (the same value up to rounding).
 """
 
 from __future__ import annotations
@@ -86,6 +87,11 @@ def loss_weight_tensor(step: torch.Tensor, cfg: TrainConfig,
     one = torch.ones_like(s)
     return torch.stack([one, flow_grad, rgb, dist, one * cfg.depth_range_weight,
                         one * cfg.scene_flow_weight]).to(dtype)
+
+
+def distortion_on(step: int, cfg: TrainConfig) -> bool:
+    """Whether the distortion term has a nonzero weight at iteration ``step``."""
+    return loss_weights(step, cfg).dist > 0
 
 
 def masked_near_samples(step: int, cfg: TrainConfig, num_samples: int) -> int:
@@ -187,12 +193,21 @@ def depth_range_loss(z: torch.Tensor, min_depth: float, max_depth: float) -> tor
 
 
 def distortion_loss(weights: torch.Tensor, depths: torch.Tensor) -> torch.Tensor:
-    """mip-NeRF 360 distortion on rays, last interval of width 0. [..., K], [..., K] -> []"""
+    """mip-NeRF 360 distortion on rays, last interval of width 0. [..., K], [..., K] -> []
+
+    Per ray ``sum_kl w_k w_l |m_k - m_l| + 1/3 sum_k w_k^2 (d_{k+1} - d_k)`` with interval
+    midpoints m, averaged over rays. The depths must increase along each ray (as
+    :func:`~omnifast.model.geometry.sample_depths` draws them): the midpoints are then sorted
+    and the double sum is ``2 sum_k w_k (m_k W_k - S_k)`` with W_k, S_k the sums of w_l and
+    w_l m_l over l < k, O(K) per ray instead of O(K^2) (same value up to rounding).
+    """
     d = torch.cat([depths, depths[..., -1:]], dim=-1)
     mid = 0.5 * (d[..., 1:] + d[..., :-1])
     width = d[..., 1:] - d[..., :-1]
-    pair = (weights[..., :, None] * weights[..., None, :]
-            * (mid[..., :, None] - mid[..., None, :]).abs()).sum((-1, -2))
+    wm = weights * mid
+    before_w = torch.cumsum(weights, dim=-1) - weights
+    before_wm = torch.cumsum(wm, dim=-1) - wm
+    pair = 2.0 * (weights * (mid * before_w - before_wm)).sum(-1)
     self_term = (weights.square() * width).sum(-1) / 3.0
     return (pair + self_term).mean()
 
@@ -236,7 +251,7 @@ def draw_depth_noise(model: OmniMotion, shape: tuple[int, int],
 
 def step_losses(model: OmniMotion, batch: Batch, noise: torch.Tensor,
                 weights: torch.Tensor | LossWeights, train_cfg: TrainConfig, height: int,
-                width: int, num_masked_near: int = 0
+                width: int, num_masked_near: int = 0, with_distortion: bool = True
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Forward pass and losses of one training step, with fixed shapes and no host reads.
 
@@ -247,9 +262,11 @@ def step_losses(model: OmniMotion, batch: Batch, noise: torch.Tensor,
         weights: the loss weights, a :class:`LossWeights` or the tensor of
             :func:`loss_weight_tensor`. [6]
         num_masked_near: near samples kept transparent (:func:`masked_near_samples`).
+        with_distortion: compute the distortion term (False while its weight is 0 skips it;
+            the term then reads 0).
 
     Returns:
-        ``(total loss, {term name: detached value})``; a term whose weight is 0 reads 0.
+        ``(total loss, {term name: detached value})``.
     """
     mcfg: ModelConfig = model.config
     dtype = model.param_dtype
@@ -287,18 +304,13 @@ def step_losses(model: OmniMotion, batch: Batch, noise: torch.Tensor,
     l_rgb = _masked_mean((rgb_f - gt_rgb).square(), rgb_mask[:, None].expand(rgb_f.shape))
     l_rgbg = consecutive_diff_loss(rgb_f, gt_rgb, mask=rgb_mask)
     l_dr = depth_range_loss(z, mcfg.min_depth, mcfg.max_depth)
-    l_dist = distortion_loss(w_masked, depths)
+    l_dist = distortion_loss(w_masked, depths) if with_distortion else x.new_zeros(())
     n_sf = int(n * train_cfg.scene_flow_fraction)
     l_sf = (scene_flow_loss(model, x[:, :n_sf], xc[:, :n_sf], batch.ids1, model.num_frames)
             if n_sf > 0 and train_cfg.scene_flow_weight > 0 else x.new_zeros(()))
 
     total = (lw[0] * l_flow + lw[2] * (l_rgb + l_rgbg) + lw[4] * l_dr
              + lw[3] * l_dist + lw[5] * l_sf + lw[1] * l_fg)
-    # the distortion term reads 0 while its weight is 0 (it used to be skipped then)
-    if torch.is_tensor(lw[3]):
-        l_dist = torch.where(lw[3] > 0, l_dist, 0.0)
-    elif not lw[3] > 0:
-        l_dist = torch.zeros_like(l_dist)
     terms = {"flow": l_flow, "flow_grad": l_fg, "rgb": l_rgb, "rgb_grad": l_rgbg,
              "depth_range": l_dr, "distortion": l_dist, "scene_flow": l_sf}
     return total, {name: v.detach() for name, v in terms.items()}
@@ -328,7 +340,8 @@ def compute_losses(model: OmniMotion, batch: Batch, step: int, train_cfg: TrainC
                                  batch.pts1.device)
     lw = loss_weights(step, train_cfg) if weights is None else weights
     return step_losses(model, batch, noise, lw, train_cfg, height, width,
-                       masked_near_samples(step, train_cfg, model.config.num_samples))
+                       masked_near_samples(step, train_cfg, model.config.num_samples),
+                       distortion_on(step, train_cfg))
 
 
 def psnr(mse: float) -> float:

@@ -132,14 +132,15 @@ class CudaGraphStep:
 
     What changes between steps lives in device tensors the graph reads: the batch and the depth
     noise (copied and drawn into fixed buffers before each replay), the step number (which
-    gives the loss weights) and the learning rates. The number of masked near samples is baked
-    in (the trainer keeps one graph per value). Capture first runs a few warm-up steps on a side
-    stream with the update forced off, so that they change nothing, then records one step.
+    gives the loss weights) and the learning rates. The number of masked near samples and
+    whether the distortion term is on are baked in (the trainer keeps one graph per pair of
+    values). Capture first runs a few warm-up steps on a side stream with the update forced
+    off, so that they change nothing, then records one step.
 
     Args:
         trainer: the trainer whose step is captured.
         batch: a batch of the fit's shapes (its values are not used).
-        step: an iteration with the number of masked near samples this graph is for.
+        step: an iteration with the structure (:meth:`Trainer._graph_key`) this graph is for.
     """
 
     WARMUP = 3
@@ -254,7 +255,7 @@ class Trainer:
         self._one = torch.ones((), dtype=f32, device=dev)
         self.optimizer.found_inf = self._found_inf
         self._conform_optimizer()
-        self._graphs: dict[int, CudaGraphStep] = {}
+        self._graphs: dict[tuple[int, bool], CudaGraphStep] = {}
         self._compiled = None
         self._prefetcher: BatchPrefetcher | None = None
         self._read_step = 0
@@ -419,7 +420,7 @@ class Trainer:
         if self._compiled is not None:
             total, terms = self._compiled(
                 self.model, batch, noise, weights, self.cfg, self.height, self.width,
-                _losses.masked_near_samples(step, self.cfg, self.model.config.num_samples))
+                *self._graph_key(step))
         else:
             total, terms = _losses.compute_losses(self.model, batch, step, self.cfg,
                                                   self.height, self.width, noise=noise,
@@ -445,8 +446,14 @@ class Trainer:
             self._prefetcher = BatchPrefetcher(self.sampler, pin=self.device.type == "cuda")
         return self._prefetcher.take(index)
 
+    def _graph_key(self, step: int) -> tuple[int, bool]:
+        """What the schedule changes in the step's structure: the masked near samples and
+        whether the distortion term is on (one graph per value, at most four per fit)."""
+        return (_losses.masked_near_samples(step, self.cfg, self.model.config.num_samples),
+                _losses.distortion_on(step, self.cfg))
+
     def _graph_for(self, batch: Batch, step: int) -> CudaGraphStep | None:
-        near = _losses.masked_near_samples(step, self.cfg, self.model.config.num_samples)
+        near = self._graph_key(step)
         graph = self._graphs.get(near)
         if graph is None:
             if self._prefetcher is not None:  # no host-memory pinning while capturing
