@@ -14,8 +14,8 @@ Each in fp32, tf32 and bf16 matmul precision. Per configuration: the median step
 rounds of ``--steps`` steps (a device sync at the end of each round, the losses read back every
 10 steps as a fit does), the peak GPU memory (``torch.cuda.max_memory_allocated``), kernel
 launches and host syncs per step counted by the profiler, the first step's loss against the
-reference's (same seed, same batch), and the time of a 100k-step fit PROJECTED from the median
-step (steps only: no error cache, checkpoints or optical flow).
+reference's (same seed, same batch; read before any timing), and the time of a 100k-step fit
+PROJECTED from the median step (steps only: no error cache, checkpoints or optical flow).
 
     python benchmarks/bench_train_step.py --size paper --json out.json --md out.md
     python benchmarks/bench_train_step.py --size small --steps 3 --rounds 2     # on a CPU
@@ -156,23 +156,17 @@ def profile_counts(tr: Trainer, backend: str, steps: int = 3) -> dict:
             "top_aten_ops_per_step": aten_ops / steps}
 
 
-def first_step_loss(provider: str, precision: str, size: str) -> float:
-    tr = make_trainer(provider, precision, size)
-    with omnifast.backend(PROVIDERS[provider][0]):
-        terms = tr.train_step(read=True)
-    return float("nan") if terms is None else terms["loss"]
-
-
 def measure(provider: str, precision: str, size: str, steps: int = 10, rounds: int = 3,
             warmup: int = 3, ref_loss: float | None = None, profile_steps: int = 3) -> dict:
     """Time one configuration; see the module docstring for the fields."""
     backend, _ = PROVIDERS[provider]
-    loss = first_step_loss(provider, precision, size)
     tr = make_trainer(provider, precision, size)
     t0 = time.perf_counter()
     with omnifast.backend(backend), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        run_steps(tr, warmup)  # capture or compile happen here
+        terms = tr.train_step(read=True)  # the first step (capture or compile happen here)
+        loss = float("nan") if terms is None else terms["loss"]
+        run_steps(tr, max(warmup - 1, 0))
         _sync()
         setup_s = time.perf_counter() - t0
         if DEVICE == "cuda":
@@ -292,10 +286,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['launches_per_step']}", flush=True)
         if args.json:
             Path(args.json).write_text(json.dumps(rows, indent=1))
-    md = table(rows)
-    print(md)
-    if args.md:
-        Path(args.md).write_text(md + "\n")
+        if args.md:
+            Path(args.md).write_text(f"{device_name()}, torch {torch.__version__}, size "
+                                     f"{args.size}\n\n{table(rows)}\n")
+    print(table(rows))
     return 0 if rows else 1
 
 
