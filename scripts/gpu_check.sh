@@ -135,7 +135,7 @@ else
   stage parity 100 "$PY" -m pytest -q -p no:cacheprovider --maxfail=20 --durations=10 \
     tests/test_train_step.py tests/test_composite.py tests/test_bijection.py \
     tests/test_gabor.py tests/test_affine.py tests/test_dispatch.py \
-    -k "cuda or triton or gpu or graph"
+    -k "(cuda or triton or gpu or graph) and not dry_run"
 fi
 
 # ------------------------------------------------------------------ 3. the training step
