@@ -416,3 +416,22 @@ def test_gpu_preset_is_the_original_until_measured():
     assert gpu.train.num_iters == orig.train.num_iters == 100_000
     assert gpu.train == orig.train.__class__(**{**orig.train.__dict__, "matmul_precision": "tf32"})
     assert "until" in gpu.description and "100,000" in gpu.description
+
+
+def test_checkpoint_with_a_plain_adam_state_resumes(motion):
+    """Checkpoints written before the fused optimizer (plain Adam's state) still resume."""
+    tr = Trainer(motion, TINY, progress=False)
+    tr.train_step()
+    state = tr.state_dict()
+    groups = [{"params": g["params"], "lr": 1e-3} for g in tr.optimizer.param_groups]
+    plain = torch.optim.Adam(groups)  # the previous optimizer: not fused, step on the host
+    for p in tr._params:
+        p.grad = torch.randn_like(p)
+    plain.step()
+    state["optimizer"] = plain.state_dict()
+    resumed = Trainer(motion, TINY, progress=False)
+    resumed.load_state_dict(state)
+    assert all(g["fused"] for g in resumed.optimizer.param_groups)
+    resumed.train_step()
+    assert resumed.read_back() is not None
+    assert all(float(st["step"]) == 2 for st in resumed.optimizer.state.values())
