@@ -3,6 +3,7 @@ the previous boolean-indexing ones)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -239,11 +240,15 @@ def test_sync_check_catches_the_old_patterns():
     assert len(check.seen) == 3, check.seen
 
 
+@pytest.mark.parametrize("affine", [False, True])
 @pytest.mark.parametrize("backend", ["torch", "cpu"])
-def test_training_step_has_no_syncing_ops(motion, backend):
+def test_training_step_has_no_syncing_ops(motion, backend, affine):
     if backend == "cpu" and omnifast.available_backends("coupling_stack")["cpu"] is not None:
         pytest.skip("omnifast._C is not built")
     preset = TINY.replace(mask_near=True, mask_near_steps=3)
+    if affine:  # the affine pre-layer of the original's model, at tiny widths
+        model = dataclasses.replace(TINY_MODEL, use_affine=True, affine_hidden=16)
+        preset = dataclasses.replace(preset, model=model)
     tr = Trainer(motion, preset, progress=False)
     batches = [tr.sampler.sample(k) for k in range(4)]  # the sampler runs on the host
     tr.sampler.sample = lambda k: batches[k]
