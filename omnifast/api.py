@@ -64,7 +64,8 @@ def fit(video, *, preset: str | Preset = "cpu", iters: int | None = None,
             masks and statistics are used when it has ``raft_exhaustive/`` and ``max_side`` is
             not given), a ``[T, H, W, 3]`` uint8 array, or a
             :class:`~omnifast.data.MotionData` (frames and motion given).
-        preset: ``"cpu"`` (minutes on a laptop CPU) or ``"omnimotion"`` (the original's
+        preset: ``"cpu"`` (minutes on a laptop CPU), ``"gpu"`` (the original's model, batch
+            and steps in TF32, the step as one CUDA graph) or ``"omnimotion"`` (the original's
             sizes and 100k steps, for a GPU), or a :class:`~omnifast.Preset`.
         iters: number of optimisation steps (default: the preset's).
         out_dir: folder for ``checkpoint.pt`` (written periodically), the motion cache and
