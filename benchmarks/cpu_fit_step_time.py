@@ -4,7 +4,9 @@ Wall clock and the process's CPU time between the log calls at steps 10 and N (t
 own loop: sampler, step, read-backs), after the first 10 steps as warm-up.
 
     OMP_WAIT_POLICY=PASSIVE flock -x /tmp/omnifast-cpu.lock .venv/bin/python \
-        benchmarks/cpu_fit_step_time.py 70
+        benchmarks/cpu_fit_step_time.py 70 [DIST_START]
+
+With DIST_START the cpu preset's distortion term switches on after that step (default 800).
 """
 
 import sys
@@ -12,10 +14,14 @@ import time
 
 import torch
 
+from omnifast.config import get_preset
 from omnifast.datasets.synthetic import generate_clip
 from omnifast.train.trainer import Trainer
 
 n = int(sys.argv[1]) if len(sys.argv) > 1 else 70
+preset = get_preset("cpu")
+if len(sys.argv) > 2:
+    preset = preset.replace(dist_start=int(sys.argv[2]))
 motion = generate_clip("medium", seed=0).exact_motion()
 stamps = {}
 
@@ -24,7 +30,7 @@ def log(step, scalars):
     stamps[step] = (time.perf_counter(), time.process_time())
 
 
-tr = Trainer(motion, "cpu", iters=n, progress=False, log=log, log_every=10)
+tr = Trainer(motion, preset, iters=n, progress=False, log=log, log_every=10)
 tr.run()
 s = sorted(stamps)
 a, b = stamps[s[0]], stamps[s[-1]]
