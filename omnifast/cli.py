@@ -105,6 +105,7 @@ def info_text() -> str:
     import omnifast  # noqa: PLC0415
     from omnifast import dispatch  # noqa: PLC0415
     from omnifast._ext import extension_error, load_extension  # noqa: PLC0415
+    from omnifast.cpuinfo import cpu_report  # noqa: PLC0415
 
     lines = [f"omnifast {omnifast.__version__}",
              f"python {platform.python_version()}, torch {torch.__version__}, "
@@ -115,6 +116,7 @@ def info_text() -> str:
         lines.append(f"triton {triton.__version__}")
     except Exception:  # noqa: BLE001
         lines.append("triton: not installed")
+    lines += cpu_report()
     cuda = torch.cuda.is_available()
     gpu = f"available, {torch.cuda.get_device_name(0)}" if cuda else "not available"
     lines.append(f"cuda: {gpu}")
