@@ -118,7 +118,7 @@ def fit(video, *, preset: str | Preset = "cpu", iters: int | None = None,
     with cpu_settings(threads) as n_threads:
         tracker = _fit(video, preset=preset, iters=iters, out_dir=out_dir, device=device,
                        seed=seed, resume=resume, progress=progress, tensorboard=tensorboard,
-                       max_side=max_side, motion=motion, tracks=tracks)
+                       max_side=max_side, motion=motion, tracks=tracks, threads=n_threads)
     tracker.info["threads"] = n_threads
     if out_dir is not None:
         tracker.save(Path(out_dir) / TRACKER_NAME)
@@ -126,7 +126,7 @@ def fit(video, *, preset: str | Preset = "cpu", iters: int | None = None,
 
 
 def _fit(video, *, preset, iters, out_dir, device, seed, resume, progress, tensorboard,
-         max_side, motion, tracks) -> Tracker:
+         max_side, motion, tracks, threads) -> Tracker:
     preset_obj = get_preset(preset)
     if isinstance(video, MotionData):
         motion = video
@@ -148,7 +148,7 @@ def _fit(video, *, preset, iters, out_dir, device, seed, resume, progress, tenso
         from omnifast.data.flow import compute_motion  # noqa: PLC0415
 
         cache = out / MOTION_CACHE if out is not None else None
-        motion = compute_motion(frames, cache_dir=cache, progress=progress)
+        motion = compute_motion(frames, cache_dir=cache, progress=progress, workers=threads)
     if tracks is not None:
         from omnifast.data.tracks import merge_tracks  # noqa: PLC0415
 

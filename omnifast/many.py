@@ -26,6 +26,7 @@ import io
 import json
 import math
 import os
+import sys
 import tempfile
 import time
 import uuid
@@ -341,12 +342,25 @@ def _lost(name: str, video: str, out_dir: Path, run_id: str, status: str, error:
     return result
 
 
-def _slots(ray, cpus_per_fit: float, gpus_per_fit: float) -> int:
-    """How many fits the cluster can run at once."""
+def _slots(ray, cpus_per_fit: float, gpus_per_fit: float, local: bool) -> int:
+    """How many fits the cluster can run at once (at least 1).
+
+    Raises:
+        ValueError: a local Ray that cannot run a single fit (it would wait forever); on a
+            cluster that is only a warning, as nodes may join later.
+    """
     res = ray.cluster_resources()
     slots = int(res.get("CPU", 0) // cpus_per_fit) if cpus_per_fit > 0 else 10**9
     if gpus_per_fit > 0:
         slots = min(slots, int(res.get("GPU", 0) // gpus_per_fit))
+    if slots < 1:
+        msg = (f"each fit asks for {cpus_per_fit:g} CPUs and {gpus_per_fit:g} GPUs, and this "
+               f"Ray has {res.get('CPU', 0):g} CPUs and {res.get('GPU', 0):g} GPUs "
+               "(see --cpus-per-fit, --gpus-per-fit)")
+        if local:
+            raise ValueError(msg)
+        print(f"omnifast: warning: {msg}; the fits wait for nodes that have them",
+              file=sys.stderr)
     return max(1, slots)
 
 
@@ -421,8 +435,9 @@ def fit_many(videos: str | os.PathLike | Iterable[str | os.PathLike],
         if started:
             ray.init(address=address, include_dashboard=False, log_to_driver=True)
         try:
+            slots = _slots(ray, cpus_per_fit, gpus_per_fit, local=started and address is None)
             _run_tasks(ray, todo, root, options, results, len(names), cpus_per_fit,
-                       gpus_per_fit, int(max_retries), progress)
+                       gpus_per_fit, int(max_retries), progress, slots)
         except KeyboardInterrupt:
             write_summary(ordered(), root)
             raise FitManyInterrupted(ordered(), root) from None
@@ -436,7 +451,7 @@ def fit_many(videos: str | os.PathLike | Iterable[str | os.PathLike],
 
 def _run_tasks(ray, todo, root: Path, options: dict, results: dict, total: int,
                cpus_per_fit: float, gpus_per_fit: float, max_retries: int,
-               progress: bool) -> None:
+               progress: bool, slots: int) -> None:
     """Submit one task per video and collect the results into ``results`` (by name)."""
     task = ray.remote(fit_one).options(num_cpus=cpus_per_fit, num_gpus=gpus_per_fit,
                                        max_retries=max_retries, retry_exceptions=False,
@@ -444,7 +459,6 @@ def _run_tasks(ray, todo, root: Path, options: dict, results: dict, total: int,
     run_id = uuid.uuid4().hex[:12]
     refs = {task.remote(str(video), str(root / name), options, run_id): (name, str(video))
             for name, video in todo}
-    slots = _slots(ray, cpus_per_fit, gpus_per_fit)
     bar = None
     if progress:
         from tqdm.auto import tqdm  # noqa: PLC0415
@@ -543,8 +557,11 @@ def format_table(results: Sequence[VideoResult], *, max_rows: int = 20, width: i
     for r in order[:max_rows]:
         status = "done*" if r.skipped else r.status
         loss = "" if math.isnan(r.final_loss) else f"{r.final_loss:.4g}"
-        note = r.error if r.error else (f"resumed from step {r.resumed_from}"
-                                        if r.resumed_from and not r.skipped else "")
+        error = r.error  # the row names the video: drop its path from the message
+        if r.video and error.startswith(f"{r.video}: "):
+            error = error[len(r.video) + 2:]
+        note = error if error else (f"resumed from step {r.resumed_from}"
+                                    if r.resumed_from and not r.skipped else "")
         if r.attempts > 1 and not r.skipped:
             note = f"{r.attempts} attempts; {note}" if note else f"{r.attempts} attempts"
         line = (f"{_cut(r.name, 24):24} {status:11} {r.steps:>6} {r.fit_seconds:>7.1f} "

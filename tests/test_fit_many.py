@@ -305,11 +305,12 @@ def test_options_key_decides_what_is_finished(tmp_path):
 def test_format_table_fits_one_screen():
     results = [many.VideoResult(name=f"v{k:03d}", video="", status="done", steps=6,
                                 fit_seconds=1.5, final_loss=0.25) for k in range(30)]
-    results[7] = many.VideoResult(name="broken", video="", status="failed",
-                                  error="broken.mp4: cannot decode " + "x" * 200)
+    results[7] = many.VideoResult(name="broken", video="in/broken.mp4", status="failed",
+                                  error="in/broken.mp4: cannot decode " + "x" * 200)
     lines = many.format_table(results, max_rows=10).splitlines()
     assert len(lines) == 2 + 10 + 2 and max(map(len, lines)) <= 100
     assert lines[2].startswith("broken") and lines[2].endswith("...")
+    assert "  cannot decode xxx" in lines[2]  # the path is in the row's name already
     assert lines[-2] == "... and 20 more (see summary.csv)"
     assert lines[-1] == "29 of 30 done, 1 failed"
 
@@ -369,3 +370,16 @@ def test_default_threads(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS")
     assert runtime.default_threads() == runtime.cpus_given() >= 1
     assert runtime.cpus_given() <= (os.cpu_count() or 1)
+
+
+def test_a_local_ray_that_cannot_run_a_fit_is_an_error(capsys):
+    from types import SimpleNamespace
+
+    fake = SimpleNamespace(cluster_resources=lambda: {"CPU": 2.0})
+    assert many._slots(fake, 1, 0, local=True) == 2
+    assert many._slots(fake, 0.5, 0, local=True) == 4
+    with pytest.raises(ValueError, match="asks for 1 CPUs and 1 GPUs, and this Ray has 2 CPUs "
+                                         "and 0 GPUs"):
+        many._slots(fake, 1, 1, local=True)
+    assert many._slots(fake, 1, 1, local=False) == 1  # a cluster: nodes may join later
+    assert "the fits wait for nodes" in capsys.readouterr().err
