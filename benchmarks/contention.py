@@ -48,7 +48,7 @@ def child(mode: str, cache: Path, steps: int, warmup: int) -> dict:
     import torch
 
     from omnifast.data.flow import compute_motion
-    from omnifast.runtime import cpu_settings
+    from omnifast.runtime import cpu_settings, wait_policy
     from omnifast.train.trainer import Trainer
 
     frames = np.load(cache / "frames.npy")
@@ -65,7 +65,7 @@ def child(mode: str, cache: Path, steps: int, warmup: int) -> dict:
     timed = times[warmup:]
     return {"mode": mode, "threads": threads, "median_s": statistics.median(timed),
             "mean_s": statistics.fmean(timed),
-            "wait_policy": os.environ.get("OMP_WAIT_POLICY", "")}
+            "wait_policy": wait_policy()[0] if wait_policy()[1] else "OpenMP's default"}
 
 
 def measure(mode: str, busy: bool, cache: Path, steps: int, warmup: int) -> dict:
@@ -120,15 +120,16 @@ def main() -> None:
                     r["repeat"] = rep + 1
                     runs.append(r)
                     print(json.dumps(r), file=sys.stderr, flush=True)
-    print("| settings | run | threads | step alone (median) | step beside a busy process "
-          "(median) | busy / alone |")
-    print("|---|---|---|---|---|---|")
+    print("| settings | run | threads | wait policy | step alone (median) | step beside a busy "
+          "process (median) | busy / alone |")
+    print("|---|---|---|---|---|---|---|")
     for rep in range(1, args.repeats + 1):
         for mode in ("before", "after"):
             alone, busy = (next(r for r in runs if r["repeat"] == rep and r["mode"] == mode
                                 and r["busy"] == b) for b in (False, True))
             a, b = alone["median_s"], busy["median_s"]
-            print(f"| {mode} | {rep} | {alone['threads']} | {a * 1e3:.0f} ms | "
+            print(f"| {mode} | {rep} | {alone['threads']} | {alone['wait_policy']} | "
+                  f"{a * 1e3:.0f} ms | "
                   f"{b * 1e3:.0f} ms | {b / a:.2f}x |")
 
 
