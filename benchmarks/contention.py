@@ -41,8 +41,9 @@ def child(mode: str, cache: Path, steps: int, warmup: int) -> dict:
     import contextlib
     import importlib
 
-    if mode == "before":  # OpenMP starts before omnifast can set its wait policy
-        importlib.import_module("torch")
+    # before: OpenMP starts (with torch) before omnifast can set its wait policy; after:
+    # omnifast first, like `omnifast fit` and the Ray workers
+    importlib.import_module("torch" if mode == "before" else "omnifast")
 
     import numpy as np
     import torch

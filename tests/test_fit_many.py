@@ -264,6 +264,17 @@ def test_import_omnifast_does_not_import_ray():
     assert res.stdout.strip() == "False"
 
 
+def test_ray_extra_mirrors_requirements_ray():
+    import re
+
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    extra = re.search(r"^ray = \[(.*)\]", pyproject, re.M).group(1)
+    lines = [ln.strip() for ln in (ROOT / "requirements-ray.txt").read_text().splitlines()
+             if ln.strip() and not ln.startswith("#")]
+    assert [x.strip().strip('"') for x in extra.split(",")] == lines
+    assert "requirements-ray.txt" in (ROOT / "Makefile").read_text()
+
+
 def test_expand_videos(tmp_path):
     for name in ("b.mp4", "a.mp4", "c.avi"):
         (tmp_path / name).write_bytes(b"")
