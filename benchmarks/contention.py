@@ -12,6 +12,9 @@ Each measurement is a fresh process that builds the ``cpu`` preset's trainer for
   ``omnifast fit-many`` do (``OMP_WAIT_POLICY=PASSIVE``: ``GOMP_SPINCOUNT`` 0), and the steps
   run inside :func:`omnifast.runtime.cpu_settings` (all CPUs given).
 
+``--threads 1`` (the default) also measures ``after`` with one thread (what each fit of
+``omnifast fit-many`` runs with at its default ``--cpus-per-fit 1``).
+
 The busy process is one Python thread spinning (``while True: pass``), started before the fit
 and killed after it. ``OMP_WAIT_POLICY`` and ``OMP_NUM_THREADS`` are removed from the children's
 environment. Run it under the exclusive lock, on an otherwise idle machine:
@@ -36,7 +39,7 @@ from pathlib import Path
 CLIP = {"difficulty": "easy", "num_frames": 24, "height": 96, "width": 128, "seed": 0}
 
 
-def child(mode: str, cache: Path, steps: int, warmup: int) -> dict:
+def child(mode: str, cache: Path, steps: int, warmup: int, threads: int | None) -> dict:
     """Time ``steps`` training steps in this process (run with ``--child``)."""
     import contextlib
     import importlib
@@ -54,7 +57,7 @@ def child(mode: str, cache: Path, steps: int, warmup: int) -> dict:
 
     frames = np.load(cache / "frames.npy")
     motion = compute_motion(frames, cache_dir=cache / "motion", progress=False)
-    ctx = cpu_settings() if mode == "after" else contextlib.nullcontext()
+    ctx = cpu_settings(threads) if mode == "after" else contextlib.nullcontext()
     with ctx:
         trainer = Trainer(motion, "cpu", iters=warmup + steps, progress=False)
         times = []
@@ -69,7 +72,8 @@ def child(mode: str, cache: Path, steps: int, warmup: int) -> dict:
             "wait_policy": wait_policy()[0] if wait_policy()[1] else "OpenMP's default"}
 
 
-def measure(mode: str, busy: bool, cache: Path, steps: int, warmup: int) -> dict:
+def measure(mode: str, threads: int | None, busy: bool, cache: Path, steps: int,
+            warmup: int) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
     competitor = None
     if busy:
@@ -77,7 +81,8 @@ def measure(mode: str, busy: bool, cache: Path, steps: int, warmup: int) -> dict
         time.sleep(0.5)
     try:
         out = subprocess.run([sys.executable, __file__, "--child", mode, "--cache", str(cache),
-                              "--steps", str(steps), "--warmup", str(warmup)],
+                              "--steps", str(steps), "--warmup", str(warmup),
+                              "--fit-threads", str(threads or 0)],
                              env=env, capture_output=True, text=True, check=True)
     finally:
         if competitor is not None:
@@ -104,34 +109,43 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", default="1",
+                        help="also measure 'after' with these thread counts (comma-separated)")
     parser.add_argument("--child", default=None, choices=["before", "after"])
     parser.add_argument("--cache", default=None)
+    parser.add_argument("--fit-threads", type=int, default=0, dest="fit_threads")
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args.child, Path(args.cache), args.steps, args.warmup)))
+        print(json.dumps(child(args.child, Path(args.cache), args.steps, args.warmup,
+                               args.fit_threads or None)))
         return
+    configs = [("before", None), ("after", None)]
+    configs += [("after", int(t)) for t in args.threads.split(",") if t.strip()]
     with tempfile.TemporaryDirectory(prefix="omnifast-contention-") as tmp:
         cache = Path(tmp)
         prepare(cache)
         runs = []
         for rep in range(args.repeats):
-            for mode in ("before", "after"):
+            for mode, threads in configs:
                 for busy in (False, True):
-                    r = measure(mode, busy, cache, args.steps, args.warmup)
-                    r["repeat"] = rep + 1
+                    r = measure(mode, threads, busy, cache, args.steps, args.warmup)
+                    r.update(repeat=rep + 1, asked=threads)
                     runs.append(r)
                     print(json.dumps(r), file=sys.stderr, flush=True)
     print("| settings | run | threads | wait policy | step alone (median) | step beside a busy "
-          "process (median) | busy / alone |")
-    print("|---|---|---|---|---|---|---|")
+          "process (median) | busy / alone | busy / before alone |")
+    print("|---|---|---|---|---|---|---|---|")
     for rep in range(1, args.repeats + 1):
-        for mode in ("before", "after"):
-            alone, busy = (next(r for r in runs if r["repeat"] == rep and r["mode"] == mode
-                                and r["busy"] == b) for b in (False, True))
+        def pick(mode, threads, busy, rep=rep):
+            return next(r for r in runs if r["repeat"] == rep and r["mode"] == mode
+                        and r["asked"] == threads and r["busy"] == busy)
+
+        base = pick("before", None, False)["median_s"]
+        for mode, threads in configs:
+            alone, busy = pick(mode, threads, False), pick(mode, threads, True)
             a, b = alone["median_s"], busy["median_s"]
             print(f"| {mode} | {rep} | {alone['threads']} | {alone['wait_policy']} | "
-                  f"{a * 1e3:.0f} ms | "
-                  f"{b * 1e3:.0f} ms | {b / a:.2f}x |")
+                  f"{a * 1e3:.0f} ms | {b * 1e3:.0f} ms | {b / a:.2f}x | {b / base:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -432,8 +432,8 @@ def fit_many(videos: str | os.PathLike | Iterable[str | os.PathLike],
     if todo:
         ray = import_ray()
         started = not ray.is_initialized()
-        if started:
-            ray.init(address=address, include_dashboard=False, log_to_driver=True)
+        if started:  # "local": a new Ray, even where `ray start` runs one on this machine
+            ray.init(address=address or "local", include_dashboard=False, log_to_driver=True)
         try:
             slots = _slots(ray, cpus_per_fit, gpus_per_fit, local=started and address is None)
             _run_tasks(ray, todo, root, options, results, len(names), cpus_per_fit,

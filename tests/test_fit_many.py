@@ -75,7 +75,7 @@ def ray_local():
     """One local Ray for the module: 2 CPUs, no dashboard (its start-up is paid once)."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
 
