@@ -394,3 +394,21 @@ def test_a_local_ray_that_cannot_run_a_fit_is_an_error(capsys):
         many._slots(fake, 1, 1, local=True)
     assert many._slots(fake, 1, 1, local=False) == 1  # a cluster: nodes may join later
     assert "the fits wait for nodes" in capsys.readouterr().err
+
+
+def test_a_lost_task_is_reported_from_its_state_file(tmp_path):
+    folder = tmp_path / "v"
+    # its worker died (more often than retried) in the middle of this run's fit
+    many._write_json(folder / many.STATE_NAME, {"run": "r1", "running": True, "attempts": 4,
+                                                "resumed_from": 6, "status": "failed"})
+    r = many._lost("v", "v.mp4", folder, "r1", "failed", "the fit's worker was lost 4 times")
+    assert (r.status, r.attempts, r.resumed_from, r.steps) == ("failed", 4, 6, 0)
+    assert r.error.startswith("the fit's worker was lost")
+    # cancelled after the fit had ended and written its result: that result stands
+    many._write_json(folder / many.STATE_NAME, {"run": "r1", "running": False, "name": "v",
+                                                "video": "v.mp4", "status": "done", "steps": 9})
+    r = many._lost("v", "v.mp4", folder, "r1", "interrupted", "")
+    assert (r.status, r.steps) == ("done", 9)
+    # cancelled before it started (the state file is an earlier run's)
+    r = many._lost("v", "v.mp4", folder, "r2", "interrupted", "")
+    assert (r.status, r.attempts, r.steps) == ("interrupted", 0, 0)
