@@ -6,6 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 DEPS_STAMP := $(VENV)/.omnifast-deps
 EXT_STAMP := $(VENV)/.omnifast-ext
+RAY_STAMP := $(VENV)/.omnifast-ray
 EXT_SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh' 2>/dev/null) \
 	setup.py pyproject.toml omnifast/_build_config.py
 PYTEST_ARGS ?=
@@ -13,7 +14,7 @@ PYTEST_ARGS ?=
 .PHONY: install ext test test-restricted-isa fuzz demo bench clean lint check-sm90 check-triton36 help
 
 help:
-	@echo "make install   create .venv, install pinned dependencies, build omnifast._C"
+	@echo "make install   create .venv, install pinned dependencies and Ray, build omnifast._C"
 	@echo "make test      install, then run the test suite (op parity also with AVX2-only math libraries)"
 	@echo "make fuzz      CPU op parity over many random cases (OMNIFAST_FUZZ_CASES, default 200)"
 	@echo "make demo      install, then fit a generated clip and write the pictures"
@@ -33,7 +34,13 @@ $(EXT_STAMP): $(DEPS_STAMP) $(EXT_SOURCES)
 	flock .build.lock $(PIP) install -q --no-build-isolation --no-deps -e .
 	@touch $@
 
-install: $(EXT_STAMP)
+# Ray (`omnifast fit-many`, an optional extra for users) on its own line: a change to it does not
+# rebuild the extension.
+$(RAY_STAMP): $(DEPS_STAMP) requirements-ray.txt
+	$(PIP) install -q -r requirements-ray.txt
+	@touch $@
+
+install: $(EXT_STAMP) $(RAY_STAMP)
 
 # Rebuild only the extension, in place (serialised by a lock so parallel builds don't collide).
 ext: $(DEPS_STAMP)
