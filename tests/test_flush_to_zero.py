@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -74,3 +75,45 @@ def test_without_the_extension_the_calling_thread_is_set(monkeypatch):
         assert torch.tensor(SUBNORMAL) * 1.0 == 0
     assert not runtime.flush_to_zero_enabled()
     assert torch.tensor(SUBNORMAL) * 1.0 > 0
+
+
+def _records_state(monkeypatch, obj, name):
+    """Patch ``obj.name`` to record the flush-to-zero state it runs under."""
+    seen = []
+    original = getattr(obj, name)
+
+    def recording(*args, **kwargs):
+        seen.append(runtime.flush_to_zero_enabled())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(obj, name, recording)
+    return seen
+
+
+def test_tracking_runs_flushed_and_restores(monkeypatch):
+    from omnifast.config import ModelConfig
+    from omnifast.model.omnimotion import OmniMotion
+    from omnifast.track import Tracker
+
+    cfg = ModelConfig(code_dim=8, code_hidden=16, coupling_hidden=(16, 16), proj_dim=16,
+                      use_affine=False, color_hidden=16, num_samples=8)
+    tracker = Tracker(OmniMotion(cfg, 3, seed=0), 12, 16, preset="tiny")
+    seen = _records_state(monkeypatch, tracker.model, "map_points")
+    tracker.track(np.array([[0, 3, 4]], np.float32))
+    assert seen and all(seen)
+    assert not runtime.flush_to_zero_enabled()
+
+
+def test_the_command_line_runs_flushed_and_restores(monkeypatch, capsys):
+    from omnifast import cli
+
+    seen = _records_state(monkeypatch, cli, "info_text")
+    assert cli.main(["info"]) == 0
+    assert seen == [True]
+    assert not runtime.flush_to_zero_enabled()
+
+
+def test_cpu_settings_flush_and_restore():
+    with runtime.cpu_settings(1) as threads:
+        assert threads == 1 and runtime.flush_to_zero_enabled()
+    assert not runtime.flush_to_zero_enabled()
