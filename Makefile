@@ -70,10 +70,9 @@ check-sm90: install
 check-triton36: install
 	scripts/check_triton_version.sh 3.6.0
 
-# OMP_WAIT_POLICY=PASSIVE: idle OpenMP threads sleep instead of spinning, which keeps a fit
-# fast when other processes share the cores (spinning made it 3-5x slower on a busy 2-core box)
+# import omnifast sets OMP_WAIT_POLICY=PASSIVE itself (omnifast.runtime)
 demo: install
-	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} $(PY) -m omnifast.demo
+	$(PY) -m omnifast.demo
 
 bench: install
 	$(PY) -m pytest benchmarks --benchmark-only -q
