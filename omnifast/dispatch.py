@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import importlib.util
+import inspect
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -145,6 +146,17 @@ def backend_unavailable_reason(name: str, device: torch.device) -> str | None:
 class _Impl:
     fn: Callable
     supports: Callable[..., str | None] | None
+    #: whether ``supports`` takes the op's shapes as a third argument
+    wants_shapes: bool = False
+
+
+def _takes_shapes(fn: Callable) -> bool:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 3 or any(p.kind == p.VAR_POSITIONAL for p in params)
 
 
 _REGISTRY: dict[str, dict[str, _Impl]] = {}
@@ -153,19 +165,23 @@ _REGISTRY: dict[str, dict[str, _Impl]] = {}
 def register(op: str, backend_name: str, supports: Callable[..., str | None] | None = None):
     """Decorator registering ``fn`` as ``backend_name``'s implementation of ``op``.
 
-    ``supports(device, dtype)`` may return a reason string when this implementation cannot run
-    on those tensors (for example an unsupported dtype).
+    ``supports(device, dtype)`` or ``supports(device, dtype, shapes)`` may return a reason
+    string when this implementation cannot run on those tensors (an unsupported dtype, or sizes
+    it has no kernel for); ``shapes`` is the dict of sizes the op passes to :func:`resolve`
+    (empty when it passes none).
     """
     _check_name(backend_name, BACKENDS, "backend")
 
     def deco(fn: Callable) -> Callable:
-        _REGISTRY.setdefault(op, {})[backend_name] = _Impl(fn, supports)
+        wants = supports is not None and _takes_shapes(supports)
+        _REGISTRY.setdefault(op, {})[backend_name] = _Impl(fn, supports, wants)
         return fn
 
     return deco
 
 
-def _reason(op: str, name: str, device: torch.device, dtype: torch.dtype) -> str | None:
+def _reason(op: str, name: str, device: torch.device, dtype: torch.dtype,
+            shapes: dict | None = None) -> str | None:
     reason = backend_unavailable_reason(name, device)
     if reason is not None:
         return reason
@@ -173,12 +189,20 @@ def _reason(op: str, name: str, device: torch.device, dtype: torch.dtype) -> str
     if impl is None:
         return f"the '{name}' backend has no implementation of {op}"
     if impl.supports is not None:
-        reason = impl.supports(device, dtype)
+        if impl.wants_shapes:
+            reason = impl.supports(device, dtype, dict(shapes or {}))
+        else:
+            reason = impl.supports(device, dtype)
     return reason
 
 
-def resolve(op: str, device: torch.device, dtype: torch.dtype) -> tuple[str, Callable]:
-    """Pick the backend that runs ``op`` on tensors of this device and dtype.
+def resolve(op: str, device: torch.device, dtype: torch.dtype,
+            shapes: dict | None = None) -> tuple[str, Callable]:
+    """Pick the backend that runs ``op`` on tensors of this device and dtype (and sizes).
+
+    ``shapes`` (op-specific sizes, e.g. the MLP widths) is passed to the implementations'
+    ``supports`` hooks, so that a backend without a kernel for those sizes is skipped in auto
+    mode and reported when requested explicitly.
 
     Returns:
         ``(backend name, implementation)``.
@@ -189,7 +213,7 @@ def resolve(op: str, device: torch.device, dtype: torch.dtype) -> tuple[str, Cal
     device = torch.device(device)
     requested = get_backend()
     if requested != "auto":
-        reason = _reason(op, requested, device, dtype)
+        reason = _reason(op, requested, device, dtype, shapes)
         if reason is not None:
             raise BackendUnavailableError(
                 f"omnifast backend '{requested}' cannot run {op} on {device.type} {dtype}: "
@@ -198,16 +222,17 @@ def resolve(op: str, device: torch.device, dtype: torch.dtype) -> tuple[str, Cal
             )
         return requested, _REGISTRY[op][requested].fn
     for name in _AUTO_ORDER.get(device.type, ("torch",)):
-        if _reason(op, name, device, dtype) is None:
+        if _reason(op, name, device, dtype, shapes) is None:
             return name, _REGISTRY[op][name].fn
     raise BackendUnavailableError(f"no backend can run {op} on {device.type} {dtype}")
 
 
 def available_backends(op: str, device: torch.device | str = "cpu",
-                       dtype: torch.dtype = torch.float32) -> dict[str, str | None]:
+                       dtype: torch.dtype = torch.float32,
+                       shapes: dict | None = None) -> dict[str, str | None]:
     """For each backend, ``None`` if it can run ``op`` here, else the reason it cannot."""
     device = torch.device(device)
-    return {name: _reason(op, name, device, dtype) for name in BACKENDS}
+    return {name: _reason(op, name, device, dtype, shapes) for name in BACKENDS}
 
 
 def registered_ops() -> list[str]:
