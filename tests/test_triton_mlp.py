@@ -216,3 +216,125 @@ def test_coupling_custom_op_fake_and_schema():
                 assert r.shape == f.shape and r.dtype == f.dtype, (r.shape, f.shape, r.dtype)
     torch.library.opcheck(coupling_stack_fwd_op, args,
                           test_utils=("test_schema", "test_faketensor"))
+
+
+# ---------------------------------------------------------------------------- affine pre-layer
+affine = pytest.mark.skipif(_triton_reason("affine") is not None,
+                            reason=str(_triton_reason("affine")))
+
+
+def affine_layers(H=256, n_layers=8, n_freq=N_FREQ, seed=0):
+    """The pre-layer MLP's weights and biases (nn.Linear's scale), on DEVICE."""
+    g = torch.Generator().manual_seed(seed)
+    sizes = [2 * n_freq + 2] + [H] * (n_layers - 1) + [5]
+    ws, bs = [], []
+    for i, o in zip(sizes[:-1], sizes[1:]):
+        ws.append(((torch.rand(o, i, generator=g) * 2 - 1) / math.sqrt(i)).to(DEVICE)
+                  .requires_grad_())
+        bs.append(((torch.rand(o, generator=g) * 2 - 1) / math.sqrt(i)).to(DEVICE)
+                  .requires_grad_())
+    return ws, bs
+
+
+def affine_inputs(M, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.rand(M, 3, generator=g) * 2 - 1).to(DEVICE).requires_grad_()
+    t = torch.rand(M, generator=g).to(DEVICE).requires_grad_()
+    return x, t
+
+
+def run_affine(x, t, ws, bs, inverse, backend="triton"):
+    with omnifast.backend(backend):
+        return ops.affine(x, t, ws, bs, N_FREQ, inverse=inverse)
+
+
+@affine
+@pytest.mark.parametrize("inverse", [False, True], ids=["fwd", "inv"])
+@pytest.mark.parametrize("width,M", [(256, 131), (512, 33), (48, 1)])
+def test_affine_values_and_gradients_fp32(width, M, inverse):
+    ws, bs = affine_layers(H=width, n_layers=8 if width == 256 else 3, seed=width)
+    x, t = affine_inputs(M, seed=M)
+    lv = [x, t, *ws, *bs]
+    y_ref = affine_ref_fn(x, t, ws, bs, inverse)
+    y = run_affine(x, t, ws, bs, inverse)
+    assert_close(y, y_ref, rtol=1e-5, atol=1e-5, name="y")
+    dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(7)).to(DEVICE)
+    for i, (a, e) in enumerate(zip(torch.autograd.grad(y, lv, dy),
+                                   torch.autograd.grad(y_ref, lv, dy))):
+        assert_close(a, e, rtol=1e-4, atol=3e-5 * (e.abs().max().item() + 1e-6),
+                     name=f"grad {i}")
+
+
+def affine_ref_fn(x, t, ws, bs, inverse):
+    from omnifast.reference.bijection import affine_ref
+
+    return affine_ref(x, t, ws, bs, N_FREQ, inverse)
+
+
+@affine
+def test_affine_round_trip_and_empty():
+    ws, bs = affine_layers(seed=3)
+    x, t = affine_inputs(90, seed=4)
+    with torch.no_grad():
+        y = run_affine(x, t, ws, bs, inverse=False)
+        back = run_affine(y, t, ws, bs, inverse=True)
+    assert (y - x).abs().max() > 1e-2
+    assert_close(back, x, rtol=0, atol=1e-5, name="round trip")
+    x0, t0 = affine_inputs(0)
+    y0 = run_affine(x0, t0, ws, bs, inverse=False)
+    assert y0.shape == (0, 3)
+    (y0.sum() + 0.0).backward()
+    assert ws[-1].grad is not None and torch.count_nonzero(ws[-1].grad) == 0
+
+
+@affine
+@pytest.mark.parametrize("inverse", [False, True], ids=["fwd", "inv"])
+def test_affine_bf16_error_at_most_twice_torch_bf16(inverse):
+    # 400 points: the head bias's gradient has 5 entries, and its error ratio over 100 points
+    # swings between 0.3x and 2.7x with the seed
+    ws, bs = affine_layers(seed=11)
+    x, t = affine_inputs(400, seed=12)
+    lv = [x, t, *ws, *bs]
+    dy = torch.randn(400, 3, generator=torch.Generator().manual_seed(13)).to(DEVICE)
+    y32 = affine_ref_fn(x, t, ws, bs, inverse)
+    g32 = torch.autograd.grad(y32, lv, dy)
+    with omnifast.matmul_precision("bf16"):
+        ytb = affine_ref_fn(x, t, ws, bs, inverse)
+        gtb = torch.autograd.grad(ytb, lv, dy)
+        y = run_affine(x, t, ws, bs, inverse)
+    g = torch.autograd.grad(y, lv, dy)
+    torch_err = _rel_err(ytb, y32)
+    assert torch_err > 1e-6, "the reference did not run in bf16"
+    assert _rel_err(y, y32) <= 2 * torch_err, (_rel_err(y, y32), torch_err)
+    for i, (a, tb, e) in enumerate(zip(g, gtb, g32)):
+        ours, theirs = _rel_err(a, e), _rel_err(tb, e)
+        assert ours <= 2 * theirs + 1e-6, f"grad {i}: bf16 error {ours:.3g} vs torch {theirs:.3g}"
+
+
+@affine
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_affine_backward_is_deterministic(precision):
+    ws, bs = affine_layers(seed=21)
+    x, t = affine_inputs(120, seed=22)
+    lv = [x, t, *ws, *bs]
+    dy = torch.randn(120, 3, generator=torch.Generator().manual_seed(23)).to(DEVICE)
+    runs = []
+    for _ in range(2):
+        with omnifast.matmul_precision(precision):
+            y = run_affine(x, t, ws, bs, inverse=True)
+        runs.append(torch.autograd.grad(y, lv, dy))
+    for i, (a, b) in enumerate(zip(*runs)):
+        assert torch.equal(a, b), f"grad {i} differs between two runs"
+
+
+@affine
+def test_affine_dispatch_sees_widths():
+    ws, bs = affine_layers(H=40, n_layers=3)
+    x, t = affine_inputs(10)
+    with omnifast.backend("triton"), pytest.raises(omnifast.BackendUnavailableError,
+                                                   match="multiple of 16"):
+        ops.affine(x, t, ws, bs, N_FREQ)
+    ws, bs = affine_layers(H=64, n_layers=2)
+    with omnifast.backend("triton"), pytest.raises(omnifast.BackendUnavailableError,
+                                                   match="at least 3"):
+        ops.affine(x, t, ws, bs, N_FREQ)
