@@ -338,3 +338,156 @@ def test_affine_dispatch_sees_widths():
     with omnifast.backend("triton"), pytest.raises(omnifast.BackendUnavailableError,
                                                    match="at least 3"):
         ops.affine(x, t, ws, bs, N_FREQ)
+
+
+# ----------------------------------------------------------------------------------- GaborNet
+gabor = pytest.mark.skipif(_triton_reason("gabor_net") is not None,
+                           reason=str(_triton_reason("gabor_net")))
+
+
+def gabor_net_module(D=3, H=512, O=4, n_layers=3, seed=0):
+    from omnifast.model.gabor import GaborNet
+
+    torch.manual_seed(seed)
+    return GaborNet(D, H, O, n_layers=n_layers).to(DEVICE)
+
+
+def gabor_x(M, D, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(M, D, generator=g) * 4 - 2).to(DEVICE).requires_grad_()
+
+
+def run_gabor(x, net, backend="triton"):
+    with omnifast.backend(backend):
+        return ops.gabor_net(x, net.params())
+
+
+def _check_gabor_grads(y, y_ref, x, net, rtol=1e-4, rel_atol=5e-5, seed=7):
+    lv = [x, *net.parameters()]
+    names = ["x"] + [n for n, _ in net.named_parameters()]
+    dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed)).to(DEVICE)
+    for name, a, e in zip(names, torch.autograd.grad(y, lv, dy), torch.autograd.grad(y_ref, lv,
+                                                                                     dy)):
+        assert_close(a, e, rtol=rtol, atol=rel_atol * (e.abs().max().item() + 1e-6),
+                     name=f"d{name}")
+
+
+@gabor
+@pytest.mark.parametrize("D,H,O,NL,M", [(3, 512, 4, 3, 70), (1, 256, 128, 2, 9),
+                                        (2, 48, 3, 1, 1), (3, 256, 4, 3, 130)],
+                         ids=["colour512", "code256", "narrow-1linear", "colour256-130pts"])
+def test_gabor_values_and_gradients_fp32(D, H, O, NL, M):
+    """The colour network (3 -> 512 -> 4), the latent-code network (1 -> 256 -> 128), one
+    point with a single hidden linear, and two tiles of points."""
+    from omnifast.reference.gabor import gabor_net_ref
+
+    net = gabor_net_module(D, H, O, NL, seed=H + M)
+    x = gabor_x(M, D, seed=M)
+    y_ref = gabor_net_ref(x, net.params())
+    y = run_gabor(x, net)
+    # the filters' sine arguments reach ~1e2-1e3 (input scale 256): both sides carry their fp32
+    # rounding in a different summation order
+    assert_close(y, y_ref, rtol=1e-4, atol=2e-5 * y_ref.abs().max().item(), name="y")
+    _check_gabor_grads(y, y_ref, x, net)
+
+
+@gabor
+def test_gabor_leading_dims_and_empty():
+    net = gabor_net_module(H=64, n_layers=2)
+    x = gabor_x(2 * 5 * 3, 3).reshape(2, 5, 3, 3)
+    with omnifast.backend("torch"):
+        y_ref = net(x)
+    y = run_gabor(x, net)
+    assert y.shape == (2, 5, 3, 4)
+    assert_close(y, y_ref, rtol=1e-4, atol=2e-5 * y_ref.abs().max().item(), name="y")
+    x0 = gabor_x(0, 3)
+    y0 = run_gabor(x0, net)
+    assert y0.shape == (0, 4)
+    (y0.sum() + 0.0).backward()
+    assert net.output_linear.weight.grad is not None
+    assert torch.count_nonzero(net.output_linear.weight.grad) == 0
+
+
+@gabor
+def test_gabor_bf16_error_at_most_twice_torch_bf16():
+    from omnifast.reference.gabor import gabor_net_ref
+
+    net = gabor_net_module(H=256, seed=11)
+    x = gabor_x(300, 3, seed=12)
+    lv = [x, *net.parameters()]
+    dy = torch.randn(300, 4, generator=torch.Generator().manual_seed(13)).to(DEVICE)
+    y32 = gabor_net_ref(x, net.params())
+    g32 = torch.autograd.grad(y32, lv, dy)
+    with omnifast.matmul_precision("bf16"):
+        ytb = gabor_net_ref(x, net.params())
+        gtb = torch.autograd.grad(ytb, lv, dy)
+        y = run_gabor(x, net)
+    g = torch.autograd.grad(y, lv, dy)
+    torch_err = _rel_err(ytb, y32)
+    assert torch_err > 1e-5, "the reference did not run in bf16"
+    assert _rel_err(y, y32) <= 2 * torch_err, (_rel_err(y, y32), torch_err)
+    names = ["x"] + [n for n, _ in net.named_parameters()]
+    for name, a, tb, e in zip(names, g, gtb, g32):
+        ours, theirs = _rel_err(a, e), _rel_err(tb, e)
+        assert ours <= 2 * theirs + 1e-6, f"d{name}: bf16 error {ours:.3g} vs torch {theirs:.3g}"
+
+
+@gabor
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_gabor_backward_is_deterministic(precision):
+    net = gabor_net_module(H=128, seed=21)
+    x = gabor_x(200, 3, seed=22)
+    lv = [x, *net.parameters()]
+    dy = torch.randn(200, 4, generator=torch.Generator().manual_seed(23)).to(DEVICE)
+    runs = []
+    for _ in range(2):
+        with omnifast.matmul_precision(precision):
+            y = run_gabor(x, net)
+        runs.append(torch.autograd.grad(y, lv, dy))
+    for i, (a, b) in enumerate(zip(*runs)):
+        assert torch.equal(a, b), f"grad {i} differs between two runs"
+
+
+@gabor
+def test_gabor_dispatch_sees_widths():
+    net = gabor_net_module(H=40, n_layers=1)
+    x = gabor_x(10, 3)
+    with omnifast.backend("triton"), pytest.raises(omnifast.BackendUnavailableError,
+                                                   match="multiple of 16"):
+        ops.gabor_net(x, net.params())
+    net = gabor_net_module(H=32, n_layers=0)
+    with omnifast.backend("triton"), pytest.raises(omnifast.BackendUnavailableError,
+                                                   match="at least one"):
+        ops.gabor_net(x, net.params())
+
+
+@coupling
+def test_model_runs_on_the_triton_kernels():
+    """The OmniMotion modules (bijection with the affine pre-layer, colour network) on the
+    Triton backend give the reference's values and gradients at the cpu preset's widths."""
+    from omnifast.config import ModelConfig
+    from omnifast.model.omnimotion import OmniMotion
+
+    cfg = ModelConfig(code_dim=32, code_hidden=64, coupling_hidden=(64, 64, 64), proj_dim=64,
+                      affine_hidden=64, affine_layers=4, color_hidden=128)
+    model = OmniMotion(cfg, num_frames=5).to(DEVICE)
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(2, 20, 3, 3, generator=g) * 2 - 1).to(DEVICE)
+    frames = torch.tensor([0, 4], device=DEVICE)
+    outs = {}
+    for backend in ("torch", "triton"):
+        model.zero_grad()
+        with omnifast.backend(backend):
+            u = model.to_canonical(x, frames)
+            back = model.from_canonical(u, frames.flip(0))
+            rgb, sigma = model.color_density(u)
+        loss = (back * 0.3).sum() + rgb.square().sum() + sigma.sum()
+        loss.backward()
+        outs[backend] = (u.detach(), rgb.detach(),
+                         [p.grad.clone() for p in model.parameters() if p.grad is not None])
+    assert_close(outs["triton"][0], outs["torch"][0], rtol=1e-5, atol=2e-5, name="u")
+    assert_close(outs["triton"][1], outs["torch"][1], rtol=1e-4, atol=2e-5, name="rgb")
+    assert len(outs["triton"][2]) == len(outs["torch"][2])
+    for i, (a, e) in enumerate(zip(outs["triton"][2], outs["torch"][2])):
+        assert_close(a, e, rtol=1e-3, atol=1e-4 * (e.abs().max().item() + 1e-6),
+                     name=f"param grad {i}")

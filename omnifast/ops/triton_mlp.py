@@ -148,3 +148,65 @@ def _affine_backward(ctx, dy, *_unused):
 
 
 affine_fwd_op.register_autograd(_affine_backward, setup_context=_affine_setup)
+
+
+# ----------------------------------------------------------------------------------- GaborNet
+@torch.library.custom_op("omnifast::gabor_net_fwd", mutates_args=())
+def gabor_net_fwd_op(x: Tensor, filt_w: Tensor, filt_b: Tensor, mu: Tensor, gamma: Tensor,
+                     lin_w: Tensor, lin_b: Tensor, out_w: Tensor, out_b: Tensor, precision: str,
+                     save: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(out [M, O], z0 [M, H], a [NL, M, H], z [NL, M, H])``; see
+    :func:`omnifast.kernels.gabor.gabor_net_fwd`."""
+    from omnifast.kernels import gabor as kg  # noqa: PLC0415
+
+    return kg.gabor_net_fwd(x, [filt_w, filt_b, mu, gamma, lin_w, lin_b, out_w, out_b],
+                            precision, save)
+
+
+@gabor_net_fwd_op.register_fake
+def _(x, filt_w, filt_b, mu, gamma, lin_w, lin_b, out_w, out_b, precision, save):
+    M, (NL, H, _), O = x.shape[0], lin_w.shape, out_w.shape[0]
+    adt = _act_dtype(precision)
+    return (x.new_empty(M, O), x.new_empty(M if save else 0, H, dtype=adt),
+            x.new_empty(NL if save else 0, M, H, dtype=adt),
+            x.new_empty(NL if save else 0, M, H, dtype=adt))
+
+
+@torch.library.custom_op("omnifast::gabor_net_bwd", mutates_args=())
+def gabor_net_bwd_op(dout: Tensor, x: Tensor, z0: Tensor, a: Tensor, z: Tensor, filt_w: Tensor,
+                     filt_b: Tensor, mu: Tensor, gamma: Tensor, lin_w: Tensor, lin_b: Tensor,
+                     out_w: Tensor, out_b: Tensor, precision: str
+                     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
+                                Tensor]:
+    """``(dx, dfilt_w, dfilt_b, dmu, dgamma, dlin_w, dlin_b, dout_w, dout_b)``."""
+    from omnifast.kernels import gabor as kg  # noqa: PLC0415
+
+    ws = [filt_w, filt_b, mu, gamma, lin_w, lin_b, out_w, out_b]
+    return tuple(kg.gabor_net_bwd(dout, x, z0, a, z, ws, precision))
+
+
+@gabor_net_bwd_op.register_fake
+def _(dout, x, z0, a, z, *ws_and_cfg):
+    ws = ws_and_cfg[:8]
+    return (torch.empty_like(x, dtype=torch.float32),
+            *(torch.empty_like(w, dtype=torch.float32) for w in ws))
+
+
+def _gabor_setup(ctx, inputs, output):
+    x, *ws = inputs[:9]
+    ctx.cfg = inputs[9:]
+    _, z0, a, z = output
+    ctx.save_for_backward(x, z0, a, z, *ws)
+
+
+def _gabor_backward(ctx, dout, *_unused):
+    precision, save = ctx.cfg
+    if not save:
+        raise RuntimeError("gabor_net: the forward ran with save=False (nothing needed a "
+                           "gradient then), so there is nothing to backpropagate through")
+    x, z0, a, z, *ws = ctx.saved_tensors
+    grads = gabor_net_bwd_op(dout.contiguous(), x, z0, a, z, *ws, precision)
+    return (*grads, None, None)
+
+
+gabor_net_fwd_op.register_autograd(_gabor_backward, setup_context=_gabor_setup)
