@@ -78,14 +78,26 @@ def get_backend() -> str:
 def matmul_precision(name: str) -> Iterator[None]:
     """Select the precision of the MLP matrix products inside a ``with`` block.
 
+    On CUDA, ``"tf32"`` and ``"bf16"`` run the Triton MLP kernels on tensor cores and
+    ``"fp32"`` runs them with exact fp32 products ("ieee"), for parity. The fused ops capture the
+    precision in their forward and run their backward at it; inside the block PyTorch's CUDA
+    matmuls (``torch.backends.cuda.matmul.allow_tf32``) follow it too, so a step run inside
+    one block has one precision, backward included.
+
     Args:
         name: ``"fp32"`` (default), ``"tf32"`` (TF32 tensor cores on GPUs; plain fp32 on the CPU)
             or ``"bf16"`` (bf16 operands, fp32 accumulation; coordinates stay fp32).
     """
-    token = _precision_var.set(_check_name(name, PRECISIONS, "matmul precision"))
+    name = _check_name(name, PRECISIONS, "matmul precision")
+    token = _precision_var.set(name)
+    # PyTorch's own CUDA matmuls (the reference path) follow the block too, for the whole block:
+    # a training step run inside it gets the same precision in its backward as in its forward.
+    prev_tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = name == "tf32"
     try:
         yield
     finally:
+        torch.backends.cuda.matmul.allow_tf32 = prev_tf32
         _precision_var.reset(token)
 
 

@@ -19,4 +19,5 @@ export PYTHONPATH="$PWD/$DIR${PYTHONPATH:+:$PYTHONPATH}"
 export TRITON_CACHE_DIR="$PWD/$DIR/cache"
 "$PY" -c "import triton, sys; v = triton.__version__; print('triton', v); sys.exit(v != '$VERSION')"
 "$PY" scripts/check_sm90.py --only triton
-"$PY" -m pytest -q -p no:cacheprovider tests/test_composite.py tests/test_bijection.py -k triton
+"$PY" -m pytest -q -p no:cacheprovider tests/test_composite.py tests/test_bijection.py \
+  tests/test_triton_mlp.py -k triton

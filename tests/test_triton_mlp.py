@@ -491,3 +491,15 @@ def test_model_runs_on_the_triton_kernels():
     for i, (a, e) in enumerate(zip(outs["triton"][2], outs["torch"][2])):
         assert_close(a, e, rtol=1e-3, atol=1e-4 * (e.abs().max().item() + 1e-6),
                      name=f"param grad {i}")
+
+
+def test_matmul_precision_block_sets_torch_tf32_for_the_whole_block():
+    """Inside ``matmul_precision("tf32")`` PyTorch's CUDA matmuls run TF32 in the backward too
+    (the flag is set for the block, not only around each forward product)."""
+    before = torch.backends.cuda.matmul.allow_tf32
+    with omnifast.matmul_precision("tf32"):
+        assert torch.backends.cuda.matmul.allow_tf32
+        with omnifast.matmul_precision("fp32"):
+            assert not torch.backends.cuda.matmul.allow_tf32
+        assert torch.backends.cuda.matmul.allow_tf32
+    assert torch.backends.cuda.matmul.allow_tf32 == before
