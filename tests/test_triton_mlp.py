@@ -503,3 +503,29 @@ def test_matmul_precision_block_sets_torch_tf32_for_the_whole_block():
             assert not torch.backends.cuda.matmul.allow_tf32
         assert torch.backends.cuda.matmul.allow_tf32
     assert torch.backends.cuda.matmul.allow_tf32 == before
+
+
+@coupling
+def test_coupling_custom_op_under_torch_compile():
+    """torch.compile traces through the custom op (fake tensors, registered autograd) and gives
+    the eager values and gradients."""
+    from omnifast.ops.bijection import _stacked, frame_bias
+    from omnifast.ops.triton_mlp import coupling_stack_fwd_op
+
+    p = coupling_params(H=32, P=32, C=16)
+    x, fi, codes = coupling_inputs(40, 3, p)
+
+    def fn(x, codes, *ws):
+        fb = frame_bias(codes, p._replace(w_in=ws[2], b_in=ws[3]))
+        stacked = _stacked(p._replace(proj_w=ws[0], proj_b=ws[1], w_in=ws[2]), torch.float32)
+        return coupling_stack_fwd_op(x, fi, fb.contiguous(), *stacked, list(COORDS), N_FREQ,
+                                     False, "fp32", True)[0]
+
+    ws = [p.proj_w, p.proj_b, p.w_in, p.b_in]
+    y = fn(x, codes, *ws)
+    g = torch.autograd.grad(y.square().sum(), [x, codes, *ws])
+    yc = torch.compile(fn, backend="aot_eager", fullgraph=True)(x, codes, *ws)
+    gc = torch.autograd.grad(yc.square().sum(), [x, codes, *ws])
+    assert torch.equal(y, yc)
+    for a, b in zip(g, gc):
+        assert_close(b, a, rtol=1e-6, atol=1e-7, name="compiled grad")
