@@ -371,9 +371,12 @@ def linear_dw(g: torch.Tensor, z: torch.Tensor, precision: str, bias: bool = Tru
 
 def segments(fidx: torch.Tensor, F: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(order [M] int64, offsets [F + 1] int64): the points of frame f are
-    ``order[offsets[f]:offsets[f + 1]]``, in increasing index (a stable sort)."""
+    ``order[offsets[f]:offsets[f + 1]]``, in increasing index (a stable sort). No host
+    synchronisation (``bincount`` would read the largest id back), so CUDA graphs can capture
+    it; the counts are integer sums, exact in any order."""
     order = torch.argsort(fidx, stable=True)
-    counts = torch.bincount(fidx, minlength=F)[:F]
+    counts = torch.zeros(F, dtype=torch.int64, device=fidx.device)
+    counts.scatter_add_(0, fidx, torch.ones_like(fidx))
     offs = torch.zeros(F + 1, dtype=torch.int64, device=fidx.device)
     torch.cumsum(counts, 0, out=offs[1:])
     return order, offs
