@@ -7,9 +7,11 @@ multiple of 16 up to 512.
     out = z_NL @ out_w^T + out_b
 
 One kernel per hidden linear, :func:`_gabor_fwd_kernel`: the filter g_k of the D inputs is
-computed in the epilogue of linear k (fp32, as the reference's filters), the first linear
-computes z_0 = g_0(x) slice by slice in its prologue, and the last one fuses the output layer
-(each of its programs loops over all columns of its rows). The forward saves z_0, a_1..a_NL and
+computed in the epilogue of linear k (fp32, as the reference's filters), and the last one fuses
+the output layer (each of its programs loops over all columns of its rows). z_0 = g_0(x), the
+first linear's input, is written once by :func:`_gabor_filter_kernel` (computing it in the first
+linear's prologue instead would repeat its H sines and exponentials per point for every column
+tile, 8 times at H = 512: more than the GEMM's own time). The forward saves z_0, a_1..a_NL and
 z_1..z_NL (bf16 in the bf16 mode). Backward, :func:`_gabor_bwd_kernel` per filter k = NL..0:
 dz_k = (the gradient above) @ W as a GEMM, and in the epilogue da_k = dz_k g_k (stored for the
 weight gradient and the next GEMM) and the filter's parameter and input gradients, reduced over
@@ -62,22 +64,35 @@ def _filter(X_ptr, rows, rmask, FW_ptr, FB_ptr, MU_ptr, GA_ptr, cols, cmask, D: 
 
 
 @triton.jit
+def _gabor_filter_kernel(X_ptr, FW_ptr, FB_ptr, MU_ptr, GA_ptr, Z_ptr, M, H, ldz,
+                         D: tl.constexpr, BF16_OUT: tl.constexpr, INTERP: tl.constexpr,
+                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Z [M, H] = g_0(X): the first filter, the first linear's input. Grid (M tiles, H tiles)."""
+    pid_m = tl.program_id(0).to(tl.int64)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
+    rmask = rows < M
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    cmask = cols < H
+    p, _, env, _ = _filter(X_ptr, rows, rmask, FW_ptr, FB_ptr, MU_ptr, GA_ptr, cols, cmask, D)
+    _store(Z_ptr + rows[:, None] * ldz + cols[None, :], tl.sin(p) * env,
+           rmask[:, None] & cmask[None, :], BF16_OUT, INTERP)
+
+
+@triton.jit
 def _gabor_fwd_kernel(X_ptr, FW_ptr, FB_ptr, MU_ptr, GA_ptr, A_ptr, W_ptr, B_ptr, WO_ptr, BO_ptr,
-                      Z0_ptr, AS_ptr, Z_ptr, OUT_ptr, M, H, O, lda, ldz, layer, n_chunks,
-                      D: tl.constexpr, FIRST: tl.constexpr, HEAD: tl.constexpr,
-                      SAVE: tl.constexpr, BF16_OUT: tl.constexpr, DOT: tl.constexpr,
-                      INTERP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                      BLOCK_K: tl.constexpr, O_PAD: tl.constexpr):
-    """Linear ``layer`` (k >= 1): a = A @ W [H, H]^T + B, z = g_k(X) a. A is z_{k-1} [M, H], or
-    (FIRST) g_0(X) computed per K slice in the prologue and stored to Z0 by the first column
-    chunk when SAVE. a -> AS and z -> Z when SAVE (z also when not HEAD). HEAD: OUT [M, O] =
-    z @ WO [O, H]^T + BO. Grid (M tiles, H tiles / n_chunks); a program does n_chunks column
-    chunks (all of them when HEAD)."""
+                      AS_ptr, Z_ptr, OUT_ptr, M, H, O, lda, ldz, layer, n_chunks,
+                      D: tl.constexpr, HEAD: tl.constexpr, SAVE: tl.constexpr,
+                      BF16_OUT: tl.constexpr, DOT: tl.constexpr, INTERP: tl.constexpr,
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                      O_PAD: tl.constexpr):
+    """Linear ``layer`` (k >= 1): a = A @ W [H, H]^T + B with A = z_{k-1} [M, H], and the filter
+    in the epilogue: z = g_k(X) a. a -> AS and z -> Z when SAVE (z also when not HEAD). HEAD:
+    OUT [M, O] = z @ WO [O, H]^T + BO. Grid (M tiles, H tiles / n_chunks); a program does
+    n_chunks column chunks (all of them when HEAD)."""
     pid_m = tl.program_id(0).to(tl.int64)
     pid_n = tl.program_id(1)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
     rmask = rows < M
-    ks = tl.arange(0, BLOCK_K)
     foff = layer * H
     o = tl.arange(0, O_PAD)
     out = tl.zeros((BLOCK_M, O_PAD), dtype=tl.float32)
@@ -85,22 +100,8 @@ def _gabor_fwd_kernel(X_ptr, FW_ptr, FB_ptr, MU_ptr, GA_ptr, A_ptr, W_ptr, B_ptr
         cols = (pid_n * n_chunks + c) * BLOCK_N + tl.arange(0, BLOCK_N)
         cmask = cols < H
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        if FIRST:
-            zmask = rmask & ((tl.zeros((BLOCK_M,), dtype=tl.int32) + pid_n + c) == 0)
-            for k0 in range(0, H, BLOCK_K):
-                kk = k0 + ks
-                p0, _, env0, _ = _filter(X_ptr, rows, rmask, FW_ptr, FB_ptr, MU_ptr, GA_ptr, kk,
-                                         kk < H, D)
-                a_t = tl.sin(p0) * env0
-                if SAVE:
-                    _store(Z0_ptr + rows[:, None] * ldz + kk[None, :], a_t, zmask[:, None],
-                           BF16_OUT, INTERP)
-                w_t = tl.load(W_ptr + cols[None, :] * H + kk[:, None], mask=cmask[None, :],
-                              other=0.0)
-                acc = _dot(a_t, w_t, acc, DOT, INTERP)
-        else:
-            acc = _gemm(acc, A_ptr, lda, 1, rows, rmask, W_ptr, 1, H, cols, cmask, H, BLOCK_K,
-                        DOT, INTERP)
+        acc = _gemm(acc, A_ptr, lda, 1, rows, rmask, W_ptr, 1, H, cols, cmask, H, BLOCK_K, DOT,
+                    INTERP)
         a = acc + tl.load(B_ptr + cols, mask=cmask, other=0.0)[None, :]
         p, _, env, _ = _filter(X_ptr, rows, rmask, FW_ptr + foff * D, FB_ptr + foff,
                                MU_ptr + foff * D, GA_ptr + foff, cols, cmask, D)
@@ -220,24 +221,26 @@ def gabor_net_fwd(x: torch.Tensor, weights: list[torch.Tensor], precision: str, 
     dev, adt, dot = x.device, act_dtype(precision), DOT_CODE[precision]
     interp = triton_interpret()
     out = torch.empty(M, O, device=dev, dtype=torch.float32)
-    z0 = torch.empty(M if save else 0, H, device=dev, dtype=adt)
+    z0 = torch.empty(M, H, device=dev, dtype=adt)
     a = torch.empty(NL if save else 0, M, H, device=dev, dtype=adt)
     z = torch.empty(NL if save else min(2, NL - 1), M, H, device=dev, dtype=adt)
     if M == 0:
-        return out, z0, a, z if save else z[:0]
+        return out, z0 if save else z0[:0], a, z if save else z[:0]
     bm, bn, bk = block_m(M), _block_n(H), block_k(H, dot)
+    _gabor_filter_kernel[(triton.cdiv(M, bm), triton.cdiv(H, bn))](
+        x, fw, fb, mu, ga, z0, M, H, H, D=D, BF16_OUT=adt == torch.bfloat16, INTERP=interp,
+        BLOCK_M=bm, BLOCK_N=bn, num_warps=NUM_WARPS)
     for k in range(1, NL + 1):
-        first, head = k == 1, k == NL
+        head = k == NL
         chunks = triton.cdiv(H, bn) if head else 1
-        zin = (z[k - 2] if save else z[(k - 2) % 2]) if not first else x
+        zin = z0 if k == 1 else (z[k - 2] if save else z[(k - 2) % 2])
         zout = z[k - 1] if save else (z[(k - 1) % 2] if not head else out)
         _gabor_fwd_kernel[(triton.cdiv(M, bm), triton.cdiv(H, bn) // chunks)](
-            x, fw, fb, mu, ga, zin, lw[k - 1], lb[k - 1], ow, ob, z0 if save else out,
-            a[k - 1] if save else out, zout, out, M, H, O, H, H, k, chunks, D=D, FIRST=first,
-            HEAD=head, SAVE=save, BF16_OUT=adt == torch.bfloat16, DOT=dot, INTERP=interp,
-            BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, O_PAD=_o_pad(O), num_warps=NUM_WARPS,
-            num_stages=num_stages(dot))
-    return out, z0, a, z if save else z[:0]
+            x, fw, fb, mu, ga, zin, lw[k - 1], lb[k - 1], ow, ob, a[k - 1] if save else out,
+            zout, out, M, H, O, H, H, k, chunks, D=D, HEAD=head, SAVE=save,
+            BF16_OUT=adt == torch.bfloat16, DOT=dot, INTERP=interp, BLOCK_M=bm, BLOCK_N=bn,
+            BLOCK_K=bk, O_PAD=_o_pad(O), num_warps=NUM_WARPS, num_stages=num_stages(dot))
+    return out, z0 if save else z0[:0], a, z if save else z[:0]
 
 
 def gabor_net_bwd(dout: torch.Tensor, x: torch.Tensor, z0: torch.Tensor, a: torch.Tensor,
@@ -307,9 +310,11 @@ def sm90_specs():
         act = "*bf16" if dot == 2 else "*fp32"
         f = "*fp32"
         fwd_sig = dict(X_ptr=f, FW_ptr=f, FB_ptr=f, MU_ptr=f, GA_ptr=f, A_ptr=act, W_ptr=act,
-                       B_ptr=f, WO_ptr=act, BO_ptr=f, Z0_ptr=act, AS_ptr=act, Z_ptr=act,
-                       OUT_ptr=f, M="i32", H="i32", O="i32", lda="i32", ldz="i32",
-                       layer="i32", n_chunks="i32")
+                       B_ptr=f, WO_ptr=act, BO_ptr=f, AS_ptr=act, Z_ptr=act, OUT_ptr=f,
+                       M="i32", H="i32", O="i32", lda="i32", ldz="i32", layer="i32",
+                       n_chunks="i32")
+        filt_sig = dict(X_ptr=f, FW_ptr=f, FB_ptr=f, MU_ptr=f, GA_ptr=f, Z_ptr=act, M="i32",
+                        H="i32", ldz="i32")
         bwd_sig = dict(G_ptr=act, W_ptr=act, X_ptr=f, FW_ptr=f, FB_ptr=f, MU_ptr=f, GA_ptr=f,
                        AS_ptr=act, DA_ptr=act, PART_ptr=f, DXP_ptr=f, M="i32", H="i32",
                        R="i32", ldg="i32", lda="i32", layer="i32")
@@ -318,12 +323,15 @@ def sm90_specs():
             bn, bk = block_for(H, 64), block_for(H, 64 if dot == 2 else 32)
             common = dict(D=D, BF16_OUT=dot == 2, DOT=dot, INTERP=False, BLOCK_M=GPU_BLOCK_M,
                           BLOCK_N=bn)
-            for first, head in ((True, False), (False, False), (False, True)):
+            if prec == "bf16":
                 specs.append(AOTSpec(
-                    f"gabor_fwd[{prec},{name},first={int(first)},head={int(head)}]",
-                    _gabor_fwd_kernel, fwd_sig,
-                    dict(FIRST=first, HEAD=head, SAVE=True, BLOCK_K=bk, O_PAD=_o_pad(O),
-                         **common),
+                    f"gabor_filter[{name}]", _gabor_filter_kernel, filt_sig,
+                    dict(D=D, BF16_OUT=True, INTERP=False, BLOCK_M=GPU_BLOCK_M, BLOCK_N=bn),
+                    num_warps=NUM_WARPS))
+            for head in (False, True):
+                specs.append(AOTSpec(
+                    f"gabor_fwd[{prec},{name},head={int(head)}]", _gabor_fwd_kernel, fwd_sig,
+                    dict(HEAD=head, SAVE=True, BLOCK_K=bk, O_PAD=_o_pad(O), **common),
                     num_warps=NUM_WARPS, num_stages=num_stages(dot), expect_tensor_cores=True))
             for has_a, r in ((True, _o_pad(O)), (True, H), (False, H)):
                 specs.append(AOTSpec(
