@@ -34,7 +34,6 @@ from omnifast.kernels.mlp import (
     _gemm,
     _store,
     act_dtype,
-    block_for,
     block_k,
     block_m,
     block_n,
@@ -252,8 +251,8 @@ def unsupported_reason(n_layers: int, H: int, n_freq: int) -> str | None:
     return None
 
 
-def _head_block_n(H: int) -> int:
-    return block_for(H, 512 if triton_interpret() else 128)
+def _head_block_n(H: int, interp: bool | None = None) -> int:
+    return block_n(H, interp)
 
 
 def _matrices(ws: list[torch.Tensor], precision: str) -> list[torch.Tensor]:
@@ -356,7 +355,7 @@ def sm90_specs():
         dot = DOT_CODE[prec]
         act = "*bf16" if dot == 2 else "*fp32"
         for width in (256, 64):
-            bn, bk = block_for(width, 128), block_for(width, 64 if dot == 2 else 32)
+            bn, bk = _head_block_n(width, False), block_k(width, dot, False)
             tag = f"{prec},{width}"
             common = dict(DOT=dot, INTERP=False, BLOCK_M=GPU_BLOCK_M)
             specs.append(AOTSpec(

@@ -46,7 +46,6 @@ from omnifast.kernels.mlp import (
     _gemm,
     _store,
     act_dtype,
-    block_for,
     block_k,
     block_m,
     block_n,
@@ -275,9 +274,9 @@ def _e_pad(E: int) -> int:
     return max(16, triton.next_power_of_2(E))
 
 
-def _head_block_n(H: int) -> int:
+def _head_block_n(H: int, interp: bool | None = None) -> int:
     """Column chunk of the head kernels (the whole row is looped over inside one program)."""
-    return block_for(H, 512 if triton_interpret() else 128)
+    return block_n(H, interp)
 
 
 def _matrices(ws: list[torch.Tensor], precision: str) -> list[torch.Tensor]:
@@ -429,7 +428,7 @@ def sm90_specs():
         dot = DOT_CODE[prec]
         act = "*bf16" if dot == 2 else "*fp32"
         for width in (256, 64):
-            bn, bk = block_for(width, 128), block_for(width, 64 if dot == 2 else 32)
+            bn, bk = _head_block_n(width, False), block_k(width, dot, False)
             tag = f"{prec},{width}"
             common = dict(BF16_OUT=dot == 2, DOT=dot, INTERP=False, BLOCK_M=GPU_BLOCK_M)
             specs.append(AOTSpec(

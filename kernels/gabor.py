@@ -188,10 +188,10 @@ def unsupported_reason(D: int, H: int, O: int, n_linear: int) -> str | None:
     return None
 
 
-def _block_n(H: int) -> int:
+def _block_n(H: int, interp: bool | None = None) -> int:
     """Column tile: 64 on a GPU (the filters' fp32 temporaries share the registers with the
     accumulator)."""
-    return block_for(H, 512 if triton_interpret() else 64)
+    return block_for(H, 512 if (triton_interpret() if interp is None else interp) else 64)
 
 
 def _o_pad(O: int) -> int:
@@ -320,7 +320,7 @@ def sm90_specs():
                        R="i32", ldg="i32", lda="i32", layer="i32")
         for name, D, H, O in (("colour", 3, 512, 4), ("colour-cpu", 3, 128, 4),
                               ("code", 1, 256, 128), ("code-cpu", 1, 64, 32)):
-            bn, bk = block_for(H, 64), block_for(H, 64 if dot == 2 else 32)
+            bn, bk = _block_n(H, False), block_k(H, dot, False)
             common = dict(D=D, BF16_OUT=dot == 2, DOT=dot, INTERP=False, BLOCK_M=GPU_BLOCK_M,
                           BLOCK_N=bn)
             if prec == "bf16":
@@ -336,7 +336,7 @@ def sm90_specs():
             for has_a, r in ((True, _o_pad(O)), (True, H), (False, H)):
                 specs.append(AOTSpec(
                     f"gabor_bwd[{prec},{name},R={r},lin={int(has_a)}]", _gabor_bwd_kernel,
-                    bwd_sig, dict(HAS_A=has_a, BLOCK_K=block_for(r, 64 if dot == 2 else 32),
+                    bwd_sig, dict(HAS_A=has_a, BLOCK_K=block_k(r, dot, False),
                                   **common),
                     num_warps=NUM_WARPS, num_stages=num_stages(dot), expect_tensor_cores=True))
     return specs

@@ -242,13 +242,19 @@ def block_m(M: int) -> int:
     return GPU_BLOCK_M
 
 
-def block_n(N: int) -> int:
-    return block_for(N, 512 if triton_interpret() else 128)
+def _interp(interp: bool | None) -> bool:
+    return triton_interpret() if interp is None else interp
 
 
-def block_k(K: int, dot: int) -> int:
+def block_n(N: int, interp: bool | None = None) -> int:
+    """Output columns per tile: 128 on a GPU (``interp=False``: the GPU choice anywhere, as
+    ``make check-sm90`` compiles it)."""
+    return block_for(N, 512 if _interp(interp) else 128)
+
+
+def block_k(K: int, dot: int, interp: bool | None = None) -> int:
     """K slice: 64 (bf16) or 32 (fp32/tf32) values = 128 bytes per row on a GPU."""
-    return block_for(K, 512 if triton_interpret() else (64 if dot == 2 else 32))
+    return block_for(K, 512 if _interp(interp) else (64 if dot == 2 else 32))
 
 
 def num_stages(dot: int) -> int:
@@ -412,7 +418,7 @@ def sm90_specs():
         dot = DOT_CODE[prec]
         act = "*bf16" if dot == 2 else "*fp32"
         for width in (256, 512, 64):
-            bn, bk = block_for(width, 128), block_for(width, 64 if dot == 2 else 32)
+            bn, bk = block_n(width, False), block_k(width, dot, False)
             sig = dict(A_ptr=act, W_ptr=act, B_ptr="*fp32", FB_ptr="*fp32", FIDX_ptr="*i64",
                        Y_ptr=act, M="i32", N="i32", K="i32", lda="i32", ldy="i32", ldfb="i32")
             for fb in ((False, True) if width != 512 else (False,)):
