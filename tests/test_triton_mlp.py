@@ -529,3 +529,22 @@ def test_coupling_custom_op_under_torch_compile():
     assert torch.equal(y, yc)
     for a, b in zip(g, gc):
         assert_close(b, a, rtol=1e-6, atol=1e-7, name="compiled grad")
+
+
+@coupling
+def test_coupling_backward_runs_at_the_forward_precision():
+    """The precision is captured by the forward: a backward run after the bf16 block has ended
+    gives the same gradients as one run inside it."""
+    p = coupling_params(H=64, P=64, seed=31)
+    x, fi, codes = coupling_inputs(50, 2, p, seed=32)
+    lv = coupling_leaves(x, codes, p)
+    dy = torch.randn(50, 3, generator=torch.Generator().manual_seed(33)).to(DEVICE)
+    with omnifast.matmul_precision("bf16"):
+        inside = torch.autograd.grad(run_coupling(x, fi, codes, p, inverse=False), lv, dy)
+        y = run_coupling(x, fi, codes, p, inverse=False)
+    outside = torch.autograd.grad(y, lv, dy)
+    with omnifast.matmul_precision("fp32"):
+        fp32 = torch.autograd.grad(run_coupling(x, fi, codes, p, inverse=False), lv, dy)
+    for i, (a, b) in enumerate(zip(inside, outside)):
+        assert torch.equal(a, b), f"grad {i}: the backward did not keep the forward's precision"
+    assert any(not torch.equal(a, c) for a, c in zip(inside, fp32))
