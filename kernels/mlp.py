@@ -342,13 +342,14 @@ def dw_splits(M: int, tiles: int) -> int:
     return max(1, min(triton.cdiv(264, tiles), triton.cdiv(M, 1024)))
 
 
-def linear_dw(g: torch.Tensor, z: torch.Tensor, precision: str, bias: bool = True
-              ) -> tuple[torch.Tensor, torch.Tensor | None]:
+def linear_dw(g: torch.Tensor, z: torch.Tensor, precision: str, bias: bool = True,
+              splits: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(g^T @ z, g.sum(0))`` in fp32, deterministic (split-K partials summed in order).
 
     Args:
         g: gradient at the layer's pre-activation (unit column stride). [M, N]
         z: the layer's input (unit column stride). [M, K]
+        splits: how many point splits (default: :func:`dw_splits`).
 
     Returns:
         ``(dW [N, K], db [N] or None)``.
@@ -361,7 +362,7 @@ def linear_dw(g: torch.Tensor, z: torch.Tensor, precision: str, bias: bool = Tru
     dot = DOT_CODE[precision]
     bn, bk, bp = _dw_blocks(N, K, dot)
     tiles = triton.cdiv(N, bn) * triton.cdiv(K, bk)
-    S = dw_splits(M, tiles)
+    S = dw_splits(M, tiles) if splits is None else max(1, int(splits))
     per = triton.cdiv(triton.cdiv(M, S), bp) * bp
     S = triton.cdiv(M, per)
     dw = torch.empty(S, N, K, device=dev, dtype=torch.float32)

@@ -548,3 +548,104 @@ def test_coupling_backward_runs_at_the_forward_precision():
     for i, (a, b) in enumerate(zip(inside, outside)):
         assert torch.equal(a, b), f"grad {i}: the backward did not keep the forward's precision"
     assert any(not torch.equal(a, c) for a, c in zip(inside, fp32))
+
+
+# ------------------------------------------------------------------ the GEMM-chain block itself
+block = pytest.mark.skipif(_triton_reason("coupling_stack") is not None,
+                           reason=str(_triton_reason("coupling_stack")))
+
+
+def _rand(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).to(DEVICE)
+
+
+@block
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_block_layer_kernels_match_torch(precision):
+    """linear_fwd (every activation, with the per-frame bias), linear_dx and linear_dw (one and
+    three point splits, a bias, N not a multiple of the block) against PyTorch in fp64, on 600
+    points (three tiles under the interpreter)."""
+    from omnifast.kernels import mlp
+
+    M, K, N, F = 600, 48, 80, 5
+    a, w, b = _rand(M, K, seed=1), _rand(N, K, seed=2) / K**0.5, _rand(N, seed=3)
+    fb = _rand(F, 2, N, seed=4)[:, 1]  # a strided [F, N] view, as the coupling layers pass it
+    fi = torch.randint(0, F, (M,), generator=torch.Generator().manual_seed(5)).to(DEVICE)
+    tol = 2e-2 if precision == "bf16" else 1e-5
+
+    def rd(t):  # the operands as the kernels see them
+        return t.to(torch.bfloat16).double() if precision == "bf16" else t.double()
+
+    pre = rd(a) @ rd(w).t() + b.double() + fb.double()[fi]
+    for act, fn in ((mlp.ACT_NONE, lambda v: v), (mlp.ACT_RELU, torch.relu),
+                    (mlp.ACT_LEAKY, lambda v: torch.where(v > 0, v, 0.01 * v))):
+        y = mlp.linear_fwd(a, w, b, act, precision, fb=fb, fidx=fi)
+        assert y.dtype == mlp.act_dtype(precision)
+        assert_close(y.float(), fn(pre), rtol=tol, atol=tol, name=f"linear_fwd act {act}")
+    g = _rand(M, N, seed=6)
+    z = torch.relu(a)
+    dx = mlp.linear_dx(g, w, z, mlp.ACT_RELU, precision)
+    assert_close(dx.float(), (rd(g) @ rd(w)) * (z > 0), rtol=tol, atol=tol, name="linear_dx")
+    ref_w, ref_b = rd(g).t() @ rd(a), g.double().sum(0)
+    for splits in (1, 3):
+        dw, db = mlp.linear_dw(g, a, precision, splits=splits)
+        assert_close(dw, ref_w, rtol=tol, atol=tol * 10, name=f"dW, {splits} splits")
+        assert_close(db, ref_b, rtol=tol, atol=tol * 10, name=f"db, {splits} splits")
+    dw_a, _ = mlp.linear_dw(g, a, precision, splits=3)
+    assert torch.equal(dw_a, mlp.linear_dw(g, a, precision, splits=3)[0])
+
+
+@block
+def test_block_segment_sum():
+    """Per-frame sums over unsorted frame ids, with an empty frame and frames at both ends."""
+    from omnifast.kernels import mlp
+
+    M, N, F = 517, 40, 6
+    g = _rand(M, N, seed=7)
+    fi = torch.randint(0, F, (M,), generator=torch.Generator().manual_seed(8))
+    fi[fi == 3] = 4  # frame 3 has no points
+    fi[0], fi[-1] = 0, F - 1
+    fi = fi.to(DEVICE)
+    order, offs = mlp.segments(fi, F)
+    out = torch.full((F, 2, N), 7.0, device=DEVICE)[:, 0]
+    mlp.segment_sum(g, order, offs, out)
+    ref = torch.zeros(F, N, dtype=torch.float64, device=DEVICE).index_add_(0, fi, g.double())
+    assert_close(out, ref, rtol=1e-5, atol=1e-5, name="segment sums")
+    assert torch.count_nonzero(out[3]) == 0
+
+
+@coupling
+def test_networks_over_several_tiles():
+    """600 points: three tiles of points under the interpreter (and five on a GPU), for every
+    network, values and gradients."""
+    from omnifast.reference.gabor import gabor_net_ref
+
+    M = 600
+    p = coupling_params(L=3, H=32, P=32, C=16, n_hidden=1, seed=41)
+    x, fi, codes = coupling_inputs(M, 7, p, seed=42)
+    lv = coupling_leaves(x, codes, p)
+    coords = (0, 2, 1)
+    y_ref = coupling_stack_ref(x, fi, codes, p, coords, N_FREQ, True)
+    y = run_coupling(x, fi, codes, p, True, coords=coords)
+    assert_close(y, y_ref, rtol=1e-5, atol=2e-5, name="coupling y")
+    dy = _rand(M, 3, seed=43)
+    for i, (a, e) in enumerate(zip(torch.autograd.grad(y, lv, dy),
+                                   torch.autograd.grad(y_ref, lv, dy))):
+        assert_close(a, e, rtol=1e-4, atol=3e-5 * (e.abs().max().item() + 1e-6),
+                     name=f"coupling grad {i}")
+    ws, bs = affine_layers(H=32, n_layers=4, seed=44)
+    x, t = affine_inputs(M, seed=45)
+    lv = [x, t, *ws, *bs]
+    y_ref = affine_ref_fn(x, t, ws, bs, False)
+    y = run_affine(x, t, ws, bs, False)
+    assert_close(y, y_ref, rtol=1e-5, atol=1e-5, name="affine y")
+    for i, (a, e) in enumerate(zip(torch.autograd.grad(y, lv, dy),
+                                   torch.autograd.grad(y_ref, lv, dy))):
+        assert_close(a, e, rtol=1e-4, atol=3e-5 * (e.abs().max().item() + 1e-6),
+                     name=f"affine grad {i}")
+    net = gabor_net_module(H=32, n_layers=2, seed=46)
+    x = gabor_x(M, 3, seed=47)
+    y_ref = gabor_net_ref(x, net.params())
+    y = run_gabor(x, net)
+    assert_close(y, y_ref, rtol=1e-4, atol=2e-5 * y_ref.abs().max().item(), name="gabor y")
+    _check_gabor_grads(y, y_ref, x, net)
