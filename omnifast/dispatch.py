@@ -78,8 +78,10 @@ def get_backend() -> str:
 def matmul_precision(name: str) -> Iterator[None]:
     """Select the precision of the MLP matrix products inside a ``with`` block.
 
-    On CUDA, ``"tf32"`` and ``"bf16"`` run the Triton MLP kernels on tensor cores and
-    ``"fp32"`` runs them with exact fp32 products ("ieee"), for parity. The fused ops capture the
+    On CUDA, ``"tf32"`` and ``"bf16"`` make automatic dispatch pick the Triton MLP kernels (on
+    tensor cores); in ``"fp32"`` it keeps the reference, and an explicit
+    ``omnifast.backend("triton")`` runs the kernels with exact fp32 products ("ieee"), for
+    parity. The fused ops capture the
     precision in their forward and run their backward at it; inside the block PyTorch's CUDA
     matmuls (``torch.backends.cuda.matmul.allow_tf32``) follow it too, so a step run inside
     one block has one precision, backward included.

@@ -188,10 +188,17 @@ def test_coupling_dispatch_sees_widths():
     with omnifast.backend("triton"), pytest.raises(omnifast.BackendUnavailableError,
                                                    match="multiples of 16"):
         ops.coupling_stack(x, fi, codes, bad, COORDS, N_FREQ)
-    assert resolve("coupling_stack", torch.device(DEVICE), torch.float32,
-                   dict(shapes, H=64))[0] in ("cpu", "cuda", "triton")
-    if DEVICE == "cuda":
-        assert resolve("coupling_stack", torch.device(DEVICE), torch.float32, shapes)[0] == "torch"
+    with omnifast.matmul_precision("bf16"):
+        assert resolve("coupling_stack", torch.device(DEVICE), torch.float32,
+                       dict(shapes, H=64))[0] in ("cpu", "triton")
+        if DEVICE == "cuda":
+            assert resolve("coupling_stack", torch.device(DEVICE), torch.float32,
+                           dict(shapes, H=64))[0] == "triton"
+            assert resolve("coupling_stack", torch.device(DEVICE), torch.float32,
+                           shapes)[0] == "torch"
+    if DEVICE == "cuda":  # fp32: the reference in automatic mode, the kernels when asked for
+        assert resolve("coupling_stack", torch.device(DEVICE), torch.float32,
+                       dict(shapes, H=64))[0] == "torch"
 
 
 @coupling
@@ -649,3 +656,19 @@ def test_networks_over_several_tiles():
     y = run_gabor(x, net)
     assert_close(y, y_ref, rtol=1e-4, atol=2e-5 * y_ref.abs().max().item(), name="gabor y")
     _check_gabor_grads(y, y_ref, x, net)
+
+
+def test_auto_dispatch_on_cuda_takes_triton_for_tf32_and_bf16_only():
+    """The policy itself, checked without a GPU: on CUDA devices automatic dispatch declines
+    the Triton MLP kernels in fp32 and accepts them in tf32 / bf16; an explicit request is
+    never declined for the precision."""
+    from omnifast.ops.triton_mlp import auto_precision_reason
+
+    cuda = torch.device("cuda")
+    assert auto_precision_reason(cuda) is not None
+    for precision in ("tf32", "bf16"):
+        with omnifast.matmul_precision(precision):
+            assert auto_precision_reason(cuda) is None
+    with omnifast.backend("triton"):
+        assert auto_precision_reason(cuda) is None
+    assert auto_precision_reason(torch.device("cpu")) is None

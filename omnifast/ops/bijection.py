@@ -308,8 +308,13 @@ def _coupling_shapes(params: CouplingParams) -> dict:
 
 
 def _supports_triton(device: torch.device, dtype: torch.dtype, shapes: dict) -> str | None:
+    from omnifast.ops.triton_mlp import auto_precision_reason  # noqa: PLC0415
+
     if dtype != torch.float32:
         return f"the Triton coupling stack runs float32 points, got {dtype}"
+    reason = auto_precision_reason(device)
+    if reason is not None:
+        return reason
     if shapes:
         from omnifast.kernels.bijection import unsupported_reason  # noqa: PLC0415
 
@@ -350,8 +355,13 @@ def coupling_stack_triton(x: torch.Tensor, frame_idx: torch.Tensor, codes: torch
 
 def _supports_triton_affine(device: torch.device, dtype: torch.dtype, shapes: dict
                             ) -> str | None:
+    from omnifast.ops.triton_mlp import auto_precision_reason  # noqa: PLC0415
+
     if dtype != torch.float32:
         return f"the Triton affine pre-layer runs float32 points, got {dtype}"
+    reason = auto_precision_reason(device)
+    if reason is not None:
+        return reason
     if shapes:
         from omnifast.kernels.affine import unsupported_reason  # noqa: PLC0415
 

@@ -95,8 +95,13 @@ def _stacked(params: GaborParams, x: torch.Tensor) -> list[torch.Tensor]:
 
 
 def _supports_triton(device: torch.device, dtype: torch.dtype, shapes: dict) -> str | None:
+    from omnifast.ops.triton_mlp import auto_precision_reason  # noqa: PLC0415
+
     if dtype != torch.float32:
         return f"the Triton GaborNet runs float32 inputs, got {dtype}"
+    reason = auto_precision_reason(device)
+    if reason is not None:
+        return reason
     if shapes:
         from omnifast.kernels.gabor import unsupported_reason  # noqa: PLC0415
 

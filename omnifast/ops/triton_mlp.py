@@ -21,6 +21,24 @@ def _act_dtype(precision: str) -> torch.dtype:
     return torch.bfloat16 if precision == _BF16 else torch.float32
 
 
+def auto_precision_reason(device: torch.device) -> str | None:
+    """Why automatic dispatch does not pick the Triton MLP kernels here (``None`` if it may).
+
+    On CUDA the automatic choice takes them for matmul precision ``"tf32"`` or ``"bf16"`` (the
+    tensor cores). In ``"fp32"`` it keeps the reference (cuBLAS fp32 GEMMs): the kernels' exact
+    fp32 mode multiplies on the CUDA cores through Triton's FMA path and exists for parity, so
+    it runs only when ``omnifast.backend("triton")`` asks for it.
+    """
+    from omnifast.dispatch import get_backend, get_matmul_precision  # noqa: PLC0415
+
+    if (torch.device(device).type == "cuda" and get_backend() == "auto"
+            and get_matmul_precision() == "fp32"):
+        return ("automatic dispatch picks the Triton MLP kernels for matmul precision 'tf32' or "
+                "'bf16'; in 'fp32' it runs the reference (ask for omnifast.backend('triton') to "
+                "run the kernels' exact-fp32 mode)")
+    return None
+
+
 # ------------------------------------------------------------------------------ coupling stack
 @torch.library.custom_op("omnifast::coupling_stack_fwd", mutates_args=())
 def coupling_stack_fwd_op(x: Tensor, frame_idx: Tensor, fbias: Tensor, proj_w: Tensor,
