@@ -9,8 +9,10 @@ Backends:
 * ``"cuda"``: the CUDA kernels in ``omnifast._C``, CUDA tensors, CUDA builds only.
 
 The backend is chosen by ``with omnifast.backend(name):``, else ``OMNIFAST_BACKEND``, else
-``"auto"``. Automatic choice takes the first backend that can run the op on the tensors' device
-and dtype (CUDA tensors: cuda, triton, torch; CPU tensors: cpu, torch) and falls back quietly.
+``"auto"``. Automatic choice takes the first backend that can run the op on the tensors' device,
+dtype and sizes (CUDA tensors: cuda, triton, torch; CPU tensors: cpu, torch) and falls back
+quietly; an implementation's ``supports`` hook may also decline by policy (the Triton MLP
+kernels are taken in the tf32 and bf16 matmul modes only).
 An explicit backend that cannot run raises :class:`BackendUnavailableError` saying why.
 """
 
