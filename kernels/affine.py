@@ -330,14 +330,14 @@ def affine_bwd(dy: torch.Tensor, x: torch.Tensor, t: torch.Tensor, a: torch.Tens
         g, x, th, a[NH], w_out, dx, dth, da[NH], M, H, a.stride(1), da.stride(1),
         INVERSE=bool(inverse), BF16_OUT=adt == torch.bfloat16, DOT=dot, INTERP=interp,
         BLOCK_M=bm, BLOCK_N=_head_block_n(H), num_warps=NUM_WARPS)
-    dwo[:], dbo[:] = linear_dw(dth, a[NH], precision)
+    linear_dw(dth, a[NH], precision, dwo, dbo)
     for k in reversed(range(NH)):
-        dwh[k], dbh[k] = linear_dw(da[k + 1], a[k], precision)
+        linear_dw(da[k + 1], a[k], precision, dwh[k], dbh[k])
         linear_dx(da[k + 1], w_hid[k], a[k], ACT_RELU, precision, out=da[k])
     _affine_enc_bwd_kernel[grid_m](
         da[0], w0, x, t, dx, dt, enc, M, H, da.stride(1), NF=n_freq, DOT=dot, INTERP=interp,
         BLOCK_M=bm, BLOCK_K=block_k(H, dot), num_warps=NUM_WARPS, num_stages=num_stages(dot))
-    dw0[:], db0[:] = linear_dw(da[0], enc[:, :2 * n_freq + 2], precision)
+    linear_dw(da[0], enc[:, :2 * n_freq + 2], precision, dw0, db0)
     return [dx, dt, *grads]
 
 

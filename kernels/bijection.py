@@ -393,18 +393,18 @@ def coupling_stack_bwd(dy: torch.Tensor, xin: torch.Tensor, h: torch.Tensor, z: 
             g, xin[step], st[step], zs[NH], w_out[layer], dst, da[NH], M, H, zs.stride(1),
             da.stride(1), sidx, INVERSE=bool(inverse), BF16_OUT=adt == torch.bfloat16, DOT=dot,
             INTERP=interp, BLOCK_M=bm, BLOCK_N=_head_block_n(H), num_warps=NUM_WARPS)
-        dwo[layer], dbo[layer] = linear_dw(dst, zs[NH], precision)
+        linear_dw(dst, zs[NH], precision, dwo[layer], dbo[layer])
         for k in reversed(range(NH)):
-            dwh[k, layer], dbh[k, layer] = linear_dw(da[k + 1], zs[k], precision)
+            linear_dw(da[k + 1], zs[k], precision, dwh[k, layer], dbh[k, layer])
             linear_dx(da[k + 1], w_hid[k, layer], zs[k], ACT_LEAKY, precision, out=da[k])
-        dwi[layer] = linear_dw(da[0], h[step], precision, bias=False)[0]
+        linear_dw(da[0], h[step], precision, dwi[layer])
         segment_sum(da[0], order, offs, dfb[:, layer])
         linear_dx(da[0], w_in_h[layer], h[step], ACT_LEAKY, precision, out=dh)
         _coupling_pe_bwd_kernel[(grid_m,)](
             dh, proj_w[layer], xin[step], g, pe, M, P, dh.stride(0), sidx, NF=n_freq, E=E,
             E_PAD=E_PAD, DOT=dot, INTERP=interp, BLOCK_M=bm, BLOCK_K=block_k(P, dot),
             num_warps=NUM_WARPS, num_stages=num_stages(dot))
-        dpw[layer], dpb[layer] = linear_dw(dh, pe[:, :E], precision)
+        linear_dw(dh, pe[:, :E], precision, dpw[layer], dpb[layer])
     return [g, *grads]
 
 

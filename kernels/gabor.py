@@ -267,7 +267,7 @@ def gabor_net_bwd(dout: torch.Tensor, x: torch.Tensor, z0: torch.Tensor, a: torc
     g[:, :O] = dout
     w = torch.zeros(o_pad, H, device=dev, dtype=wdt)
     w[:O] = ow
-    dow[:], dob[:] = linear_dw(dout.to(torch.float32).contiguous(), z[NL - 1], precision)
+    linear_dw(dout.to(torch.float32).contiguous(), z[NL - 1], precision, dow, dob)
     bm, bn = block_m(M), _block_n(H)
     tiles_m, tiles_n = triton.cdiv(M, bm), triton.cdiv(H, bn)
     nj = 3 + 2 * D
@@ -289,7 +289,7 @@ def gabor_net_bwd(dout: torch.Tensor, x: torch.Tensor, z0: torch.Tensor, a: torc
         dmu[k] = (-2.0 * s[D + 3:2 * D + 3] + 2.0 * mu[k].t() * s[D + 2]).t()
         dx += dxp.sum(0)
         if k >= 1:
-            dlw[k - 1], dlb[k - 1] = linear_dw(dak, z0 if k == 1 else z[k - 2], precision)
+            linear_dw(dak, z0 if k == 1 else z[k - 2], precision, dlw[k - 1], dlb[k - 1])
             g, w = dak, lw[k - 1]
     return [dx, *grads]
 

@@ -342,38 +342,48 @@ def dw_splits(M: int, tiles: int) -> int:
     return max(1, min(triton.cdiv(264, tiles), triton.cdiv(M, 1024)))
 
 
-def linear_dw(g: torch.Tensor, z: torch.Tensor, precision: str, bias: bool = True,
-              splits: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``(g^T @ z, g.sum(0))`` in fp32, deterministic (split-K partials summed in order).
+def linear_dw(g: torch.Tensor, z: torch.Tensor, precision: str, out_w: torch.Tensor,
+              out_b: torch.Tensor | None = None, splits: int | None = None) -> None:
+    """``out_w = g^T @ z`` and ``out_b = g.sum(0)`` in fp32, deterministic: split-K partials
+    summed in a fixed order (a single split writes the outputs directly).
 
     Args:
         g: gradient at the layer's pre-activation (unit column stride). [M, N]
         z: the layer's input (unit column stride). [M, K]
+        precision: "fp32", "tf32" or "bf16" (the products' operands).
+        out_w: fp32, contiguous. [N, K]
+        out_b: fp32, contiguous, or None for no bias. [N]
         splits: how many point splits (default: :func:`dw_splits`).
-
-    Returns:
-        ``(dW [N, K], db [N] or None)``.
     """
     M, N = g.shape
     K = z.shape[1]
-    dev = g.device
+    if not out_w.is_contiguous() or (out_b is not None and not out_b.is_contiguous()):
+        raise ValueError("linear_dw: out_w and out_b must be contiguous")
     if M == 0:
-        return (torch.zeros(N, K, device=dev), torch.zeros(N, device=dev) if bias else None)
+        out_w.zero_()
+        if out_b is not None:
+            out_b.zero_()
+        return
     dot = DOT_CODE[precision]
     bn, bk, bp = _dw_blocks(N, K, dot)
     tiles = triton.cdiv(N, bn) * triton.cdiv(K, bk)
     S = dw_splits(M, tiles) if splits is None else max(1, int(splits))
     per = triton.cdiv(triton.cdiv(M, S), bp) * bp
     S = triton.cdiv(M, per)
-    dw = torch.empty(S, N, K, device=dev, dtype=torch.float32)
-    db = torch.empty(S, N, device=dev, dtype=torch.float32) if bias else dw
+    bias = out_b is not None
+    if S == 1:
+        dw, db = out_w, (out_b if bias else out_w)
+    else:
+        dw = torch.empty(S, N, K, device=g.device, dtype=torch.float32)
+        db = torch.empty(S, N, device=g.device, dtype=torch.float32) if bias else dw
     _linear_dw_kernel[(triton.cdiv(N, bn), triton.cdiv(K, bk), S)](
         g, z, dw, db, M, N, K, g.stride(0), z.stride(0), per, HAS_BIAS=bias, DOT=dot,
         INTERP=triton_interpret(), BLOCK_N=bn, BLOCK_K=bk, BLOCK_P=bp, num_warps=NUM_WARPS,
         num_stages=num_stages(dot))
-    if S == 1:
-        return dw[0], (db[0] if bias else None)
-    return dw.sum(0), (db.sum(0) if bias else None)
+    if S > 1:
+        torch.sum(dw, 0, out=out_w)
+        if bias:
+            torch.sum(db, 0, out=out_b)
 
 
 def segments(fidx: torch.Tensor, F: int) -> tuple[torch.Tensor, torch.Tensor]:
