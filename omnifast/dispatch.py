@@ -11,7 +11,7 @@ Backends:
 The backend is chosen by ``with omnifast.backend(name):``, else ``OMNIFAST_BACKEND``, else
 ``"auto"``. Automatic choice takes the first backend that can run the op on the tensors' device,
 dtype and sizes (CUDA tensors: cuda, triton, torch; CPU tensors: cpu, torch) and falls back
-quietly; an implementation's ``supports`` hook may also decline by policy (the Triton MLP
+quietly; an implementation's ``auto`` hook may also pass it over by policy (the Triton MLP
 kernels are taken in the tf32 and bf16 matmul modes only).
 An explicit backend that cannot run raises :class:`BackendUnavailableError` saying why.
 """
@@ -164,6 +164,9 @@ class _Impl:
     supports: Callable[..., str | None] | None
     #: whether ``supports`` takes the op's shapes as a third argument
     wants_shapes: bool = False
+    #: ``auto(device, dtype, shapes)``: a reason to pass this implementation over in automatic
+    #: choice only (a policy, not an inability: an explicit request still runs it)
+    auto: Callable[..., str | None] | None = None
 
 
 def _takes_shapes(fn: Callable) -> bool:
@@ -178,8 +181,14 @@ def _takes_shapes(fn: Callable) -> bool:
 _REGISTRY: dict[str, dict[str, _Impl]] = {}
 
 
-def register(op: str, backend_name: str, supports: Callable[..., str | None] | None = None):
+def register(op: str, backend_name: str, supports: Callable[..., str | None] | None = None,
+             auto: Callable[..., str | None] | None = None):
     """Decorator registering ``fn`` as ``backend_name``'s implementation of ``op``.
+
+    ``auto(device, dtype, shapes)``, if given, may return a reason for automatic dispatch to
+    pass this implementation over although it can run (for example a precision in which
+    another backend is the better default); it does not affect explicit requests nor
+    :func:`available_backends`.
 
     ``supports(device, dtype)`` or ``supports(device, dtype, shapes)`` may return a reason
     string when this implementation cannot run on those tensors (an unsupported dtype, or sizes
@@ -190,7 +199,7 @@ def register(op: str, backend_name: str, supports: Callable[..., str | None] | N
 
     def deco(fn: Callable) -> Callable:
         wants = supports is not None and _takes_shapes(supports)
-        _REGISTRY.setdefault(op, {})[backend_name] = _Impl(fn, supports, wants)
+        _REGISTRY.setdefault(op, {})[backend_name] = _Impl(fn, supports, wants, auto)
         return fn
 
     return deco
@@ -239,7 +248,10 @@ def resolve(op: str, device: torch.device, dtype: torch.dtype,
         return requested, _REGISTRY[op][requested].fn
     for name in _AUTO_ORDER.get(device.type, ("torch",)):
         if _reason(op, name, device, dtype, shapes) is None:
-            return name, _REGISTRY[op][name].fn
+            impl = _REGISTRY[op][name]
+            if impl.auto is not None and impl.auto(device, dtype, dict(shapes or {})):
+                continue
+            return name, impl.fn
     raise BackendUnavailableError(f"no backend can run {op} on {device.type} {dtype}")
 
 

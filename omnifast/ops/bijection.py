@@ -37,6 +37,7 @@ import torch
 
 from omnifast._ext import load_extension
 from omnifast.dispatch import get_matmul_precision, register, resolve
+from omnifast.ops.triton_mlp import auto_precision_reason
 from omnifast.reference.bijection import CouplingParams, affine_ref, coupling_stack_ref
 
 register("coupling_stack", "torch")(coupling_stack_ref)
@@ -308,13 +309,8 @@ def _coupling_shapes(params: CouplingParams) -> dict:
 
 
 def _supports_triton(device: torch.device, dtype: torch.dtype, shapes: dict) -> str | None:
-    from omnifast.ops.triton_mlp import auto_precision_reason  # noqa: PLC0415
-
     if dtype != torch.float32:
         return f"the Triton coupling stack runs float32 points, got {dtype}"
-    reason = auto_precision_reason(device)
-    if reason is not None:
-        return reason
     if shapes:
         from omnifast.kernels.bijection import unsupported_reason  # noqa: PLC0415
 
@@ -327,7 +323,7 @@ def _needs_grad(*tensors: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
-@register("coupling_stack", "triton", supports=_supports_triton)
+@register("coupling_stack", "triton", supports=_supports_triton, auto=auto_precision_reason)
 def coupling_stack_triton(x: torch.Tensor, frame_idx: torch.Tensor, codes: torch.Tensor,
                           params: CouplingParams, coords: tuple[int, ...], n_freq: int,
                           inverse: bool = False) -> torch.Tensor:
@@ -355,13 +351,8 @@ def coupling_stack_triton(x: torch.Tensor, frame_idx: torch.Tensor, codes: torch
 
 def _supports_triton_affine(device: torch.device, dtype: torch.dtype, shapes: dict
                             ) -> str | None:
-    from omnifast.ops.triton_mlp import auto_precision_reason  # noqa: PLC0415
-
     if dtype != torch.float32:
         return f"the Triton affine pre-layer runs float32 points, got {dtype}"
-    reason = auto_precision_reason(device)
-    if reason is not None:
-        return reason
     if shapes:
         from omnifast.kernels.affine import unsupported_reason  # noqa: PLC0415
 
@@ -369,7 +360,8 @@ def _supports_triton_affine(device: torch.device, dtype: torch.dtype, shapes: di
     return None
 
 
-@register("affine", "triton", supports=_supports_triton_affine)
+@register("affine", "triton", supports=_supports_triton_affine,
+          auto=auto_precision_reason)
 def affine_triton(x: torch.Tensor, t: torch.Tensor, weights: list[torch.Tensor],
                   biases: list[torch.Tensor], n_freq: int, inverse: bool = False) -> torch.Tensor:
     """The Triton affine pre-layer on tensor cores (same contract as :func:`affine_ref`).

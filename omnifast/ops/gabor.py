@@ -16,6 +16,7 @@ import torch
 
 from omnifast._ext import load_extension
 from omnifast.dispatch import get_matmul_precision, register, resolve
+from omnifast.ops.triton_mlp import auto_precision_reason
 from omnifast.reference.gabor import GaborParams, gabor_net_ref
 
 register("gabor_net", "torch")(gabor_net_ref)
@@ -95,13 +96,8 @@ def _stacked(params: GaborParams, x: torch.Tensor) -> list[torch.Tensor]:
 
 
 def _supports_triton(device: torch.device, dtype: torch.dtype, shapes: dict) -> str | None:
-    from omnifast.ops.triton_mlp import auto_precision_reason  # noqa: PLC0415
-
     if dtype != torch.float32:
         return f"the Triton GaborNet runs float32 inputs, got {dtype}"
-    reason = auto_precision_reason(device)
-    if reason is not None:
-        return reason
     if shapes:
         from omnifast.kernels.gabor import unsupported_reason  # noqa: PLC0415
 
@@ -109,7 +105,7 @@ def _supports_triton(device: torch.device, dtype: torch.dtype, shapes: dict) -> 
     return None
 
 
-@register("gabor_net", "triton", supports=_supports_triton)
+@register("gabor_net", "triton", supports=_supports_triton, auto=auto_precision_reason)
 def gabor_net_triton(x: torch.Tensor, params: GaborParams) -> torch.Tensor:
     """The Triton GaborNet on tensor cores (same contract as :func:`gabor_net_ref`).
 

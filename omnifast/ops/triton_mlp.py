@@ -21,18 +21,19 @@ def _act_dtype(precision: str) -> torch.dtype:
     return torch.bfloat16 if precision == _BF16 else torch.float32
 
 
-def auto_precision_reason(device: torch.device) -> str | None:
-    """Why automatic dispatch does not pick the Triton MLP kernels here (``None`` if it may).
+def auto_precision_reason(device: torch.device, dtype: torch.dtype | None = None,
+                          shapes: dict | None = None) -> str | None:
+    """Why automatic dispatch passes the Triton MLP kernels over here (``None`` if it takes
+    them): the ``auto`` hook of their registrations.
 
     On CUDA the automatic choice takes them for matmul precision ``"tf32"`` or ``"bf16"`` (the
     tensor cores). In ``"fp32"`` it keeps the reference (cuBLAS fp32 GEMMs): the kernels' exact
     fp32 mode multiplies on the CUDA cores through Triton's FMA path and exists for parity, so
     it runs only when ``omnifast.backend("triton")`` asks for it.
     """
-    from omnifast.dispatch import get_backend, get_matmul_precision  # noqa: PLC0415
+    from omnifast.dispatch import get_matmul_precision  # noqa: PLC0415
 
-    if (torch.device(device).type == "cuda" and get_backend() == "auto"
-            and get_matmul_precision() == "fp32"):
+    if torch.device(device).type == "cuda" and get_matmul_precision() == "fp32":
         return ("automatic dispatch picks the Triton MLP kernels for matmul precision 'tf32' or "
                 "'bf16'; in 'fp32' it runs the reference (ask for omnifast.backend('triton') to "
                 "run the kernels' exact-fp32 mode)")
