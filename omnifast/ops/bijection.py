@@ -22,9 +22,11 @@ The frame bias is computed in fp32 even in the bf16 mode (the reference rounds t
 operands to bf16 like every other product): a deliberate, more precise difference of a few
 thousand MACs per frame.
 
-Fused backend of ``affine`` (the pre-layer): ``"cpu"``, C++/OpenMP (csrc/bijection/affine_cpu.cpp),
-fp32 and fp64 plus the same bf16 matmul mode. Per tile of points it runs the depth/time MLP with
-its activations in cache and applies the 2-D map; for backward it keeps nothing per point but
+Fused backends of ``affine`` (the pre-layer): ``"triton"`` (kernels/affine.py, tensor cores, as
+the coupling stack's) and ``"cpu"``, C++/OpenMP (csrc/bijection/affine_cpu.cpp),
+fp32 and fp64 plus the same bf16 matmul mode. Per tile of points the CPU kernel runs the
+depth/time MLP with its activations in cache and applies the 2-D map; for backward it keeps
+nothing per point but
 the top :data:`CPU_AFFINE_SAVE_HIDDEN` hidden activations and recomputes the rest from x and t
 (the reference keeps every layer's 256-wide input).
 """
