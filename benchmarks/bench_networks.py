@@ -184,6 +184,7 @@ _REF_TIMES: dict[tuple[str, str], float] = {}
 @pytest.mark.parametrize("provider", PROVIDERS)
 @pytest.mark.parametrize("network,mode", CASES, ids=[f"{n}-{m}" for n, m in CASES])
 def test_network(benchmark, provider, network, mode):
+    benchmark.group = f"{network}-{mode}"  # scripts/bench_table.py's ratios are per group
     run, ref_fn, leaves, mac_ref, mac_exec = make_problem(network, POINTS)
     fn = _fn(provider, ref_fn)
     inverse = mode == "inv"
