@@ -347,14 +347,14 @@ __all__ = ["affine_bwd", "affine_fwd", "unsupported_reason"]
 def sm90_specs():
     """The affine pre-layer's kernels at the launch configurations used on a GPU, at the
     omnimotion width (256; the cpu preset has no affine pre-layer, 64 is checked too), bf16 and
-    tf32, forward, inverse and backward."""
+    tf32 (tensor cores) and, at 256, the exact fp32 mode; forward, inverse and backward."""
     from omnifast.kernels._aot import AOTSpec  # noqa: PLC0415
 
     specs = []
-    for prec in ("bf16", "tf32"):
+    for prec in ("bf16", "tf32", "fp32"):
         dot = DOT_CODE[prec]
         act = "*bf16" if dot == 2 else "*fp32"
-        for width in (256, 64):
+        for width in ((256,) if dot == 0 else (256, 64)):
             bn, bk = _head_block_n(width, False), block_k(width, dot, False)
             tag = f"{prec},{width}"
             common = dict(DOT=dot, INTERP=False, BLOCK_M=GPU_BLOCK_M)
@@ -363,7 +363,7 @@ def sm90_specs():
                 dict(X_ptr="*fp32", T_ptr="*fp32", W_ptr=act, B_ptr="*fp32", Z_ptr=act, M="i32",
                      H="i32", ldz="i32"),
                 dict(NF=4, BF16_OUT=dot == 2, BLOCK_N=bn, **common), num_warps=NUM_WARPS,
-                expect_tensor_cores=True))
+                expect_tensor_cores=dot != 0))
             for inverse in (False, True):
                 specs.append(AOTSpec(
                     f"affine_out_fwd[{tag},inv={int(inverse)}]", _affine_out_fwd_kernel,
@@ -372,18 +372,18 @@ def sm90_specs():
                          H="i32", lda="i32", ldz="i32"),
                     dict(SAVE=True, INVERSE=inverse, BF16_OUT=dot == 2, BLOCK_N=bn, BLOCK_K=bk,
                          **common),
-                    num_warps=NUM_WARPS, num_stages=num_stages(dot), expect_tensor_cores=True))
+                    num_warps=NUM_WARPS, num_stages=num_stages(dot), expect_tensor_cores=dot != 0))
             specs.append(AOTSpec(
                 f"affine_head_bwd[{tag}]", _affine_head_bwd_kernel,
                 dict(G_ptr="*fp32", X_ptr="*fp32", TH_ptr="*fp32", Z_ptr=act, WO_ptr=act,
                      DX_ptr="*fp32", DTH_ptr="*fp32", DA_ptr=act, M="i32", H="i32", ldz="i32",
                      ldd="i32"),
                 dict(INVERSE=False, BF16_OUT=dot == 2, BLOCK_N=bn, **common),
-                num_warps=NUM_WARPS, expect_tensor_cores=True))
+                num_warps=NUM_WARPS, expect_tensor_cores=dot != 0))
             specs.append(AOTSpec(
                 f"affine_enc_bwd[{tag}]", _affine_enc_bwd_kernel,
                 dict(DA_ptr=act, W_ptr=act, X_ptr="*fp32", T_ptr="*fp32", DX_ptr="*fp32",
                      DT_ptr="*fp32", ENC_ptr="*fp32", M="i32", H="i32", ldd="i32"),
                 dict(NF=4, BLOCK_K=bk, **common), num_warps=NUM_WARPS,
-                num_stages=num_stages(dot), expect_tensor_cores=True))
+                num_stages=num_stages(dot), expect_tensor_cores=dot != 0))
     return specs

@@ -419,15 +419,16 @@ __all__ = ["coupling_stack_bwd", "coupling_stack_fwd", "flops_per_point", "unsup
 def sm90_specs():
     """The compiles ``make check-sm90`` checks: the coupling kernels at the launch
     configurations used on a GPU, for the omnimotion widths (P = H = 256) and the cpu preset's
-    (64), bf16 and tf32 (tensor cores), forward (and inverse) and backward."""
+    (64), bf16 and tf32 (tensor cores) and, at 256, the exact fp32 mode; forward, inverse and
+    backward."""
     from omnifast.kernels._aot import AOTSpec  # noqa: PLC0415
 
     specs = []
     E, NF = 18, 4
-    for prec in ("bf16", "tf32"):
+    for prec in ("bf16", "tf32", "fp32"):
         dot = DOT_CODE[prec]
         act = "*bf16" if dot == 2 else "*fp32"
-        for width in (256, 64):
+        for width in ((256,) if dot == 0 else (256, 64)):
             bn, bk = _head_block_n(width, False), block_k(width, dot, False)
             tag = f"{prec},{width}"
             common = dict(BF16_OUT=dot == 2, DOT=dot, INTERP=False, BLOCK_M=GPU_BLOCK_M)
@@ -437,7 +438,7 @@ def sm90_specs():
                      FB_ptr="*fp32", Z_ptr=act, H_ptr=act, M="i32", P="i32", H="i32", ldz="i32",
                      ldh="i32", ldfb="i32", sidx="i32"),
                 dict(NF=NF, E=E, E_PAD=_e_pad(E), SAVE_H=True, BLOCK_N=bn, BLOCK_K=bk, **common),
-                num_warps=NUM_WARPS, num_stages=num_stages(dot), expect_tensor_cores=True))
+                num_warps=NUM_WARPS, num_stages=num_stages(dot), expect_tensor_cores=dot != 0))
             for inverse in (False, True):
                 specs.append(AOTSpec(
                     f"coupling_out_fwd[{tag},inv={int(inverse)}]", _coupling_out_fwd_kernel,
@@ -445,19 +446,19 @@ def sm90_specs():
                          X_ptr="*fp32", Y_ptr="*fp32", Z_ptr=act, ST_ptr="*fp32", M="i32",
                          H="i32", lda="i32", ldz="i32", sidx="i32"),
                     dict(SAVE=True, INVERSE=inverse, BLOCK_N=bn, BLOCK_K=bk, **common),
-                    num_warps=NUM_WARPS, num_stages=num_stages(dot), expect_tensor_cores=True))
+                    num_warps=NUM_WARPS, num_stages=num_stages(dot), expect_tensor_cores=dot != 0))
             specs.append(AOTSpec(
                 f"coupling_head_bwd[{tag}]", _coupling_head_bwd_kernel,
                 dict(G_ptr="*fp32", X_ptr="*fp32", ST_ptr="*fp32", Z_ptr=act, WO_ptr=act,
                      DST_ptr="*fp32", DA_ptr=act, M="i32", H="i32", ldz="i32", ldd="i32",
                      sidx="i32"),
                 dict(INVERSE=False, BLOCK_N=bn, **common), num_warps=NUM_WARPS,
-                expect_tensor_cores=True))
+                expect_tensor_cores=dot != 0))
             specs.append(AOTSpec(
                 f"coupling_pe_bwd[{tag}]", _coupling_pe_bwd_kernel,
                 dict(DH_ptr=act, PW_ptr=act, X_ptr="*fp32", G_ptr="*fp32", PE_ptr="*fp32",
                      M="i32", P="i32", ldd="i32", sidx="i32"),
                 dict(NF=NF, E=E, E_PAD=_e_pad(E), DOT=dot, INTERP=False, BLOCK_M=GPU_BLOCK_M,
                      BLOCK_K=bk), num_warps=NUM_WARPS, num_stages=num_stages(dot),
-                expect_tensor_cores=True))
+                expect_tensor_cores=dot != 0))
     return specs

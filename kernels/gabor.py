@@ -300,12 +300,13 @@ __all__ = ["gabor_net_bwd", "gabor_net_fwd", "unsupported_reason"]
 def sm90_specs():
     """The GaborNet kernels at the launch configurations used on a GPU: the colour network
     (D = 3, H = 512, O = 4; cpu preset H = 128) and the latent-code network (D = 1, H = 256,
-    O = 128; cpu preset H = 64, O = 32), bf16 and tf32, first / middle / last linear, and the
-    backward of a filter with and without a linear below it."""
+    O = 128; cpu preset H = 64, O = 32), bf16 and tf32 (the exact fp32 mode at the omnimotion
+    widths), the filter, a middle and the last linear, and the backward of a filter with and
+    without a linear below it."""
     from omnifast.kernels._aot import AOTSpec  # noqa: PLC0415
 
     specs = []
-    for prec in ("bf16", "tf32"):
+    for prec in ("bf16", "tf32", "fp32"):
         dot = DOT_CODE[prec]
         act = "*bf16" if dot == 2 else "*fp32"
         f = "*fp32"
@@ -318,8 +319,9 @@ def sm90_specs():
         bwd_sig = dict(G_ptr=act, W_ptr=act, X_ptr=f, FW_ptr=f, FB_ptr=f, MU_ptr=f, GA_ptr=f,
                        AS_ptr=act, DA_ptr=act, PART_ptr=f, DXP_ptr=f, M="i32", H="i32",
                        R="i32", ldg="i32", lda="i32", layer="i32")
-        for name, D, H, O in (("colour", 3, 512, 4), ("colour-cpu", 3, 128, 4),
-                              ("code", 1, 256, 128), ("code-cpu", 1, 64, 32)):
+        nets = (("colour", 3, 512, 4), ("colour-cpu", 3, 128, 4), ("code", 1, 256, 128),
+                ("code-cpu", 1, 64, 32))
+        for name, D, H, O in (nets[::2] if dot == 0 else nets):
             bn, bk = _block_n(H, False), block_k(H, dot, False)
             common = dict(D=D, BF16_OUT=dot == 2, DOT=dot, INTERP=False, BLOCK_M=GPU_BLOCK_M,
                           BLOCK_N=bn)
@@ -332,11 +334,11 @@ def sm90_specs():
                 specs.append(AOTSpec(
                     f"gabor_fwd[{prec},{name},head={int(head)}]", _gabor_fwd_kernel, fwd_sig,
                     dict(HEAD=head, SAVE=True, BLOCK_K=bk, O_PAD=_o_pad(O), **common),
-                    num_warps=NUM_WARPS, num_stages=num_stages(dot), expect_tensor_cores=True))
+                    num_warps=NUM_WARPS, num_stages=num_stages(dot), expect_tensor_cores=dot != 0))
             for has_a, r in ((True, _o_pad(O)), (True, H), (False, H)):
                 specs.append(AOTSpec(
                     f"gabor_bwd[{prec},{name},R={r},lin={int(has_a)}]", _gabor_bwd_kernel,
                     bwd_sig, dict(HAS_A=has_a, BLOCK_K=block_k(r, dot, False),
                                   **common),
-                    num_warps=NUM_WARPS, num_stages=num_stages(dot), expect_tensor_cores=True))
+                    num_warps=NUM_WARPS, num_stages=num_stages(dot), expect_tensor_cores=dot != 0))
     return specs

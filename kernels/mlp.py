@@ -421,14 +421,15 @@ def segment_sum(g: torch.Tensor, order: torch.Tensor, offs: torch.Tensor,
 
 def sm90_specs():
     """The generic layer kernels at the launch configurations used on a GPU, for the omnimotion
-    widths (256, 512) and the cpu preset's (64, 128): bf16 and tf32, fp32 and bf16 storage."""
+    widths (256, 512) and the cpu preset's (64): bf16 and tf32 (tensor cores), and the exact
+    fp32 mode at the omnimotion widths."""
     from omnifast.kernels._aot import AOTSpec  # noqa: PLC0415
 
     specs = []
-    for prec in ("bf16", "tf32"):
+    for prec in ("bf16", "tf32", "fp32"):
         dot = DOT_CODE[prec]
         act = "*bf16" if dot == 2 else "*fp32"
-        for width in (256, 512, 64):
+        for width in ((256, 512) if dot == 0 else (256, 512, 64)):
             bn, bk = block_n(width, False), block_k(width, dot, False)
             sig = dict(A_ptr=act, W_ptr=act, B_ptr="*fp32", FB_ptr="*fp32", FIDX_ptr="*i64",
                        Y_ptr=act, M="i32", N="i32", K="i32", lda="i32", ldy="i32", ldfb="i32")
@@ -437,21 +438,21 @@ def sm90_specs():
                     f"linear_fwd[{prec},{width},fb={int(fb)}]", _linear_fwd_kernel, sig,
                     dict(ACT=ACT_LEAKY, FRAME_BIAS=fb, BF16_OUT=dot == 2, DOT=dot, INTERP=False,
                          BLOCK_M=GPU_BLOCK_M, BLOCK_N=bn, BLOCK_K=bk),
-                    num_warps=NUM_WARPS, num_stages=num_stages(dot), expect_tensor_cores=True))
+                    num_warps=NUM_WARPS, num_stages=num_stages(dot), expect_tensor_cores=dot != 0))
             sig = dict(G_ptr=act, W_ptr=act, Z_ptr=act, DX_ptr=act, M="i32", N="i32", K="i32",
                        ldg="i32", ldz="i32", ldx="i32")
             specs.append(AOTSpec(
                 f"linear_dx[{prec},{width}]", _linear_dx_kernel, sig,
                 dict(ACT=ACT_LEAKY, BF16_OUT=dot == 2, DOT=dot, INTERP=False,
                      BLOCK_M=GPU_BLOCK_M, BLOCK_N=bn, BLOCK_K=bk),
-                num_warps=NUM_WARPS, num_stages=num_stages(dot), expect_tensor_cores=True))
+                num_warps=NUM_WARPS, num_stages=num_stages(dot), expect_tensor_cores=dot != 0))
             bn, bk, bp = _dw_blocks_gpu(width, width, dot)
             sig = dict(G_ptr=act, Z_ptr=act, DW_ptr="*fp32", DB_ptr="*fp32", M="i32", N="i32",
                        K="i32", ldg="i32", ldz="i32", rows_per_split="i32")
             specs.append(AOTSpec(
                 f"linear_dw[{prec},{width}]", _linear_dw_kernel, sig,
                 dict(HAS_BIAS=True, DOT=dot, INTERP=False, BLOCK_N=bn, BLOCK_K=bk, BLOCK_P=bp),
-                num_warps=NUM_WARPS, num_stages=num_stages(dot), expect_tensor_cores=True))
+                num_warps=NUM_WARPS, num_stages=num_stages(dot), expect_tensor_cores=dot != 0))
     specs.append(AOTSpec(
         "segment_sum[256]", _segment_sum_kernel,
         dict(G_ptr="*bf16", ORDER_ptr="*i64", OFFS_ptr="*i64", OUT_ptr="*fp32", N="i32",
