@@ -258,6 +258,8 @@ def block_k(K: int, dot: int, interp: bool | None = None) -> int:
 
 
 def num_stages(dot: int) -> int:
+    """Software-pipeline depth of the K loops: 3 for every precision (at most 96 KB of shared
+    memory with the fp32 tiles, 48 KB with bf16)."""
     return 3
 
 
