@@ -61,25 +61,6 @@ def _supports_cpu(device: torch.device, dtype: torch.dtype) -> str | None:
     return None
 
 
-@register("gabor_net", "cpu", supports=_supports_cpu)
-def gabor_net_cpu(x: torch.Tensor, params: GaborParams) -> torch.Tensor:
-    """The fused C++ GaborNet (same contract as :func:`gabor_net_ref`)."""
-    dt = x.dtype
-    H, D = params.filt_w[0].shape
-    lead = x.shape[:-1]
-    xf = x.reshape(-1, D).contiguous()
-
-    def stack(ts, *shape):
-        return (torch.stack([t.to(dt) for t in ts]) if ts else xf.new_zeros(0, *shape))
-
-    p = params
-    ws = [stack(p.filt_w, H, D), stack(p.filt_b, H), stack(p.mu, H, D), stack(p.gamma, H),
-          stack(p.lin_w, H, H), stack(p.lin_b, H), p.out_w.to(dt), p.out_b.to(dt)]
-    bf16 = get_matmul_precision() == "bf16" and dt == torch.float32
-    y = GaborNetFunction.apply(xf, *[w.contiguous() for w in ws], bf16, CPU_GABOR_TILE)
-    return y.reshape(*lead, y.shape[-1])
-
-
 def _stacked(params: GaborParams, x: torch.Tensor) -> list[torch.Tensor]:
     """The kernels' layout: filters, mu, gamma and hidden linears stacked along a leading
     dimension, in x's dtype, contiguous."""
@@ -93,6 +74,17 @@ def _stacked(params: GaborParams, x: torch.Tensor) -> list[torch.Tensor]:
     ws = [stack(p.filt_w, H, D), stack(p.filt_b, H), stack(p.mu, H, D), stack(p.gamma, H),
           stack(p.lin_w, H, H), stack(p.lin_b, H), p.out_w.to(dt), p.out_b.to(dt)]
     return [w.contiguous() for w in ws]
+
+
+@register("gabor_net", "cpu", supports=_supports_cpu)
+def gabor_net_cpu(x: torch.Tensor, params: GaborParams) -> torch.Tensor:
+    """The fused C++ GaborNet (same contract as :func:`gabor_net_ref`)."""
+    D = params.filt_w[0].shape[1]
+    lead = x.shape[:-1]
+    xf = x.reshape(-1, D).contiguous()
+    bf16 = get_matmul_precision() == "bf16" and x.dtype == torch.float32
+    y = GaborNetFunction.apply(xf, *_stacked(params, xf), bf16, CPU_GABOR_TILE)
+    return y.reshape(*lead, y.shape[-1])
 
 
 def _supports_triton(device: torch.device, dtype: torch.dtype, shapes: dict) -> str | None:
