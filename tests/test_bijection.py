@@ -24,7 +24,8 @@ N_FREQ = 4
 
 
 def _unavailable(name: str) -> str | None:
-    return available_backends("coupling_stack", "cpu", torch.float32)[name]
+    on_gpu = name == "triton" and torch.cuda.is_available()  # see run()
+    return available_backends("coupling_stack", "cuda" if on_gpu else "cpu", torch.float32)[name]
 
 
 def _backend_param(name: str):
@@ -75,8 +76,14 @@ LEAF_NAMES = ["x", "codes", "proj_w", "proj_b", "w_in", "b_in", "w_hidden0", "w_
 
 
 def run(backend, x, frame_idx, codes, params, inverse, coords=COORDS, n_freq=N_FREQ):
+    on_gpu = backend == "triton" and torch.cuda.is_available()  # Triton on CUDA copies
+    if on_gpu:
+        x, frame_idx, codes = x.cuda(), frame_idx.cuda(), codes.cuda()
+        params = CouplingParams(*[tuple(t.cuda() for t in v) if isinstance(v, tuple)
+                                  else v.cuda() for v in params])
     with omnifast.backend(backend):
-        return ops.coupling_stack(x, frame_idx, codes, params, coords, n_freq, inverse=inverse)
+        y = ops.coupling_stack(x, frame_idx, codes, params, coords, n_freq, inverse=inverse)
+    return y.cpu() if on_gpu else y
 
 
 def fused_op(backend):
