@@ -6,15 +6,17 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 DEPS_STAMP := $(VENV)/.omnifast-deps
 EXT_STAMP := $(VENV)/.omnifast-ext
+RAY_STAMP := $(VENV)/.omnifast-ray
 EXT_SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh' 2>/dev/null) \
 	setup.py pyproject.toml omnifast/_build_config.py
 PYTEST_ARGS ?=
 
-.PHONY: install ext test demo bench clean lint check-sm90 check-triton36 help
+.PHONY: install ext test test-restricted-isa fuzz demo bench clean lint check-sm90 check-triton36 help
 
 help:
-	@echo "make install   create .venv, install pinned dependencies, build omnifast._C"
-	@echo "make test      install, then run the test suite"
+	@echo "make install   create .venv, install pinned dependencies and Ray, build omnifast._C"
+	@echo "make test      install, then run the test suite (op parity also with AVX2-only math libraries)"
+	@echo "make fuzz      CPU op parity over many random cases (OMNIFAST_FUZZ_CASES, default 200)"
 	@echo "make demo      install, then fit a generated clip and write the pictures"
 	@echo "make bench     install, then run the benchmark suites"
 	@echo "make check-sm90  compile the GPU kernels for sm_90 (no GPU needed) and report"
@@ -32,7 +34,13 @@ $(EXT_STAMP): $(DEPS_STAMP) $(EXT_SOURCES)
 	flock .build.lock $(PIP) install -q --no-build-isolation --no-deps -e .
 	@touch $@
 
-install: $(EXT_STAMP)
+# Ray (`omnifast fit-many`, an optional extra for users) on its own line: a change to it does not
+# rebuild the extension.
+$(RAY_STAMP): $(DEPS_STAMP) requirements-ray.txt
+	$(PIP) install -q -r requirements-ray.txt
+	@touch $@
+
+install: $(EXT_STAMP) $(RAY_STAMP)
 
 # Rebuild only the extension, in place (serialised by a lock so parallel builds don't collide).
 ext: $(DEPS_STAMP)
@@ -41,6 +49,18 @@ ext: $(DEPS_STAMP)
 
 test: install check-sm90
 	$(PY) -m pytest -q tests -m "not slow" $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory test-restricted-isa
+
+# Rounding in torch's matrix products follows the code path oneMKL and oneDNN pick for the CPU:
+# the op parity tests run again with both held to AVX2, as on a CPU without AVX-512.
+RESTRICTED_ISA := MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2
+PARITY_TESTS := tests/test_bijection.py tests/test_affine.py tests/test_gabor.py \
+	tests/test_composite.py tests/test_fuzz_parity.py
+test-restricted-isa: install
+	$(RESTRICTED_ISA) $(PY) -m pytest -q $(PARITY_TESTS) -m "not slow" $(PYTEST_ARGS)
+
+fuzz: install
+	OMNIFAST_FUZZ_CASES=$${OMNIFAST_FUZZ_CASES:-200} $(PY) -m pytest -q tests/test_fuzz_parity.py
 
 # Compile every Triton kernel (as launched) and every CUDA source for the H100, no GPU needed.
 check-sm90: install
@@ -50,10 +70,9 @@ check-sm90: install
 check-triton36: install
 	scripts/check_triton_version.sh 3.6.0
 
-# OMP_WAIT_POLICY=PASSIVE: idle OpenMP threads sleep instead of spinning, which keeps a fit
-# fast when other processes share the cores (spinning made it 3-5x slower on a busy 2-core box)
+# import omnifast sets OMP_WAIT_POLICY=PASSIVE itself (omnifast.runtime)
 demo: install
-	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} $(PY) -m omnifast.demo
+	$(PY) -m omnifast.demo
 
 bench: install
 	$(PY) -m pytest benchmarks --benchmark-only -q

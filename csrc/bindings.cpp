@@ -56,4 +56,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   omnifast::bind_composite(m);
   omnifast::bind_bijection(m);
   omnifast::bind_gabor(m);
+  omnifast::bind_runtime(m);
 }

@@ -1,27 +1,34 @@
-"""Triton kernels of the fused affine coupling stack (OmniMotion's invertible map).
+"""Triton kernels of the affine coupling stack (OmniMotion's invertible map), at any width that
+is a multiple of 16 up to 512, on tensor cores.
 
-One program takes ``BLOCK_M`` points through every layer of the stack; the point coordinates,
-the positional encoding and the hidden activations live in registers / shared memory, never in
-global memory. Per layer l, transforming coordinate s = coords[l] conditioned on (u_a, u_b):
+Per layer l, transforming coordinate s = coords[l] conditioned on (u_a, u_b):
 
     pe  = [u_a, u_b, sin(w u_a), cos(w u_a), sin(w u_b), cos(w u_b)]   (w = pi 2^k, padded to
                                                                          E_PAD columns)
     h   = leaky(pe @ proj_w[l]^T + proj_b[l])
     z_0 = leaky(h @ w_in_h[l]^T + frame_bias[frame, l])     (hoisted code term, spec 6.5)
-    z_k = leaky(z_{k-1} @ w_hid[k-1, l]^T + b_hid[k-1, l])
+    z_k = leaky(z_{k-1} @ w_hid[k-1, l]^T + b_hid[k-1, l])     k = 1..NH
     (s, t) = z_NH @ w_out[l]^T + b_out[l],  s <- clamp(s, -8, 8)
     forward: x_s <- (x_s - t) exp(-s);  inverse: x_s <- x_s exp(s) + t
 
-Backward recomputes each layer's activations from the saved layer inputs ``[L, M, 3]`` and
-backpropagates through it, layers in reverse order of application. Weight, bias and
-frame-bias gradients are reduced across programs with atomic adds into fp32 buffers.
+Built from the GEMM-chain block of :mod:`omnifast.kernels.mlp`, four kernels per layer forward:
 
-Matrix-product precision (``DOT``): 0 = fp32 ("ieee"), 1 = tf32, 2 = bf16 operands with fp32
-accumulation. Under ``TRITON_INTERPRET=1`` bf16 operands are rounded to bf16 (to nearest even)
-and multiplied in fp32, because the interpreter has no bf16 ``tl.dot``. Coordinates and the
-coupling update are always fp32.
+* :func:`_coupling_in_fwd_kernel`: z_0, with the encoding and its projection h computed K slice
+  by K slice in the GEMM's prologue (h never goes to memory except as the saved activation);
+  the per-frame bias and leaky ReLU in the epilogue;
+* the generic :func:`~omnifast.kernels.mlp._linear_fwd_kernel` for z_1 .. z_{NH-1};
+* :func:`_coupling_out_fwd_kernel`: z_NH, with the (s, t) head, the clamp and the coupling update
+  (forward or inverse) in its epilogue; it reads and writes the points.
 
-Layout limits: P and H powers of two >= 16, at most 2 extra hidden layers (omnimotion: 2).
+Backward (layers in reverse order of application) from the saved layer inputs ``[L, M, 3]``,
+(s_raw, t) ``[L, M, 2]``, h ``[L, M, P]`` and z_0..z_NH ``[L, NH + 1, M, H]`` (bf16 in the bf16
+mode): :func:`_coupling_head_bwd_kernel` (coupling update and head), the generic input-gradient
+GEMMs with leaky ReLU derivatives, :func:`_coupling_pe_bwd_kernel` (projection and encoding, into
+the point gradient), the generic weight-gradient GEMMs over points and the per-frame segmented
+sum of dz_0 for the frame bias. Everything is deterministic.
+
+Requirements (``unsupported_reason``): P and H multiples of 16 up to 512, at least one extra
+hidden layer (NH >= 1).
 """
 
 from __future__ import annotations
@@ -29,45 +36,36 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from omnifast.kernels.mlp import (
+    ACT_LEAKY,
+    DOT_CODE,
+    GPU_BLOCK_M,
+    NUM_WARPS,
+    _act_grad,
+    _dot,
+    _gemm,
+    _store,
+    act_dtype,
+    block_k,
+    block_m,
+    block_n,
+    linear_dw,
+    linear_dx,
+    linear_fwd,
+    num_stages,
+    segment_sum,
+    segments,
+)
 
 from omnifast.dispatch import triton_interpret
 
 S_CLAMP = 8.0
-SLOPE = 0.01
-MAX_HIDDEN = 2
-
-
-@triton.jit
-def _round_bf16(x):
-    """fp32 -> nearest bf16 value, kept in fp32 (round to nearest even)."""
-    bits = x.to(tl.uint32, bitcast=True)
-    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
-    return bits.to(tl.float32, bitcast=True)
-
-
-@triton.jit
-def _mm(a, b, DOT: tl.constexpr, INTERP: tl.constexpr):
-    """a @ b with fp32 accumulation at the requested operand precision."""
-    if DOT == 2:
-        if INTERP:
-            out = tl.dot(_round_bf16(a), _round_bf16(b), input_precision="ieee")
-        else:
-            out = tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16))
-    elif DOT == 1:
-        out = tl.dot(a, b, input_precision="tf32")
-    else:
-        out = tl.dot(a, b, input_precision="ieee")
-    return out
+MAX_WIDTH = 512
 
 
 @triton.jit
 def _leaky(v):
     return tl.where(v > 0, v, v * 0.01)
-
-
-@triton.jit
-def _leaky_grad(g, post):
-    return tl.where(post > 0, g, g * 0.01)
 
 
 @triton.jit
@@ -84,322 +82,330 @@ def _encoding(ua, ub, NF: tl.constexpr, E: tl.constexpr, E_PAD: tl.constexpr):
     cs = tl.cos(arg)
     pe = tl.where(c < 2, u, tl.where(is_cos, cs, sn))
     pe = tl.where(c < E, pe, 0.0)
-    # d pe / d u per column
     dpe = tl.where(c < 2, 1.0, tl.where(is_cos, -freq * sn, freq * cs))
     dpe = tl.where(c < E, dpe, 0.0)
     return pe, dpe, is_a
 
 
 @triton.jit
-def _layer_net(ua, ub, fidx, l, FB_ptr, PW_ptr, PB_ptr, WI_ptr, WH_ptr, BH_ptr, WO_ptr, BO_ptr,
-               L: tl.constexpr, NH: tl.constexpr, NF: tl.constexpr, E: tl.constexpr,
-               E_PAD: tl.constexpr, P: tl.constexpr, H: tl.constexpr, DOT: tl.constexpr,
-               INTERP: tl.constexpr):
-    """One coupling layer's network on a tile: pe, h, z_0..z_2 (unused ones = z_0), s_raw, t."""
-    pe, dpe, is_a = _encoding(ua, ub, NF, E, E_PAD)
-    e_r = tl.arange(0, E_PAD)[:, None]
-    p_c = tl.arange(0, P)[None, :]
-    p_r = tl.arange(0, P)[:, None]
-    h_c = tl.arange(0, H)[None, :]
-    h_r = tl.arange(0, H)[:, None]
-    hs = tl.arange(0, H)
-    # proj_w[l]^T: [E_PAD, P]
-    pw_t = tl.load(PW_ptr + (l * P + p_c) * E + e_r, mask=(e_r < E) & (p_c < P), other=0.0)
-    pb = tl.load(PB_ptr + l * P + tl.arange(0, P))
-    h = _leaky(_mm(pe, pw_t, DOT, INTERP) + pb[None, :])
-    # w_in_h[l]^T: [P, H]
-    wi_t = tl.load(WI_ptr + (l * H + h_c) * P + p_r)
-    fb = tl.load(FB_ptr + (fidx[:, None] * L + l) * H + h_c)
-    z0 = _leaky(_mm(h, wi_t, DOT, INTERP) + fb)
-    z1 = z0
-    z2 = z0
-    if NH >= 1:
-        w1_t = tl.load(WH_ptr + ((0 * L + l) * H + h_c) * H + h_r)
-        b1 = tl.load(BH_ptr + (0 * L + l) * H + hs)
-        z1 = _leaky(_mm(z0, w1_t, DOT, INTERP) + b1[None, :])
-    if NH >= 2:
-        w2_t = tl.load(WH_ptr + ((1 * L + l) * H + h_c) * H + h_r)
-        b2 = tl.load(BH_ptr + (1 * L + l) * H + hs)
-        z2 = _leaky(_mm(z1, w2_t, DOT, INTERP) + b2[None, :])
-    if NH == 0:
-        zl = z0
-    elif NH == 1:
-        zl = z1
-    else:
-        zl = z2
-    ws = tl.load(WO_ptr + l * 2 * H + hs)
-    wt = tl.load(WO_ptr + l * 2 * H + H + hs)
-    if DOT == 2:
-        ws = _round_bf16(ws)
-        wt = _round_bf16(wt)
-        zr = _round_bf16(zl)
-    else:
-        zr = zl
-    s = tl.sum(zr * ws[None, :], axis=1) + tl.load(BO_ptr + l * 2)
-    t = tl.sum(zr * wt[None, :], axis=1) + tl.load(BO_ptr + l * 2 + 1)
-    return pe, dpe, is_a, h, z0, z1, z2, zl, s, t
-
-
-@triton.jit
-def _conditioning(x0, x1, x2, sidx):
-    """u_a, u_b (the two unchanged coordinates, increasing index) and x_s."""
+def _conditioning(X_ptr, rows, rmask, sidx):
+    """x0, x1, x2, u_a, u_b (the two unchanged coordinates, increasing index) and x_s."""
+    x0 = tl.load(X_ptr + rows * 3 + 0, mask=rmask, other=0.0)
+    x1 = tl.load(X_ptr + rows * 3 + 1, mask=rmask, other=0.0)
+    x2 = tl.load(X_ptr + rows * 3 + 2, mask=rmask, other=0.0)
     ua = tl.where(sidx == 0, x1, x0)
     ub = tl.where(sidx == 2, x1, x2)
     xs = tl.where(sidx == 0, x0, tl.where(sidx == 1, x1, x2))
-    return ua, ub, xs
+    return x0, x1, x2, ua, ub, xs
 
 
 @triton.jit
-def _coupling_stack_fwd_kernel(X_ptr, Y_ptr, SAVED_ptr, FIDX_ptr, COORDS_ptr, FB_ptr, PW_ptr,
-                               PB_ptr, WI_ptr, WH_ptr, BH_ptr, WO_ptr, BO_ptr, M,
-                               L: tl.constexpr, NH: tl.constexpr, NF: tl.constexpr,
-                               E: tl.constexpr, E_PAD: tl.constexpr, P: tl.constexpr,
-                               H: tl.constexpr, INVERSE: tl.constexpr, SAVE: tl.constexpr,
-                               DOT: tl.constexpr, INTERP: tl.constexpr,
-                               BLOCK_M: tl.constexpr):
-    """y [M, 3] = stack(x [M, 3]); SAVED [L, M, 3] gets every layer's input when SAVE."""
-    pid = tl.program_id(0).to(tl.int64)
-    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
-    valid = rows < M
-    x0 = tl.load(X_ptr + rows * 3 + 0, mask=valid, other=0.0)
-    x1 = tl.load(X_ptr + rows * 3 + 1, mask=valid, other=0.0)
-    x2 = tl.load(X_ptr + rows * 3 + 2, mask=valid, other=0.0)
-    fidx = tl.load(FIDX_ptr + rows, mask=valid, other=0)
-    for step in tl.static_range(L):
-        if INVERSE:
-            l = L - 1 - step
-        else:
-            l = step
+def _coupling_in_fwd_kernel(X_ptr, FIDX_ptr, PW_ptr, PB_ptr, WI_ptr, FB_ptr, Z_ptr, H_ptr, M, P,
+                            H, ldz, ldh, ldfb, sidx, NF: tl.constexpr, E: tl.constexpr,
+                            E_PAD: tl.constexpr, SAVE_H: tl.constexpr, BF16_OUT: tl.constexpr,
+                            DOT: tl.constexpr, INTERP: tl.constexpr, BLOCK_M: tl.constexpr,
+                            BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Z [M, H] = leaky(h @ WI [H, P]^T + FB[FIDX]) with h = leaky(pe(X) @ PW [P, E]^T + PB)
+    computed per K slice in the prologue; h [M, P] is stored by column tile 0 when SAVE_H.
+    Grid (M tiles, H tiles)."""
+    pid_m = tl.program_id(0).to(tl.int64)
+    pid_n = tl.program_id(1)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
+    rmask = rows < M
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    cmask = cols < H
+    _, _, _, ua, ub, _ = _conditioning(X_ptr, rows, rmask, sidx)
+    pe, _, _ = _encoding(ua, ub, NF, E, E_PAD)
+    e_r = tl.arange(0, E_PAD)[:, None]
+    ks = tl.arange(0, BLOCK_K)
+    hmask = rmask & ((tl.zeros((BLOCK_M,), dtype=tl.int32) + pid_n) == 0)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, P, BLOCK_K):
+        kk = k0 + ks
+        pw_t = tl.load(PW_ptr + kk[None, :] * E + e_r, mask=e_r < E, other=0.0)  # [E_PAD, BK]
+        hk = _dot(pe, pw_t, tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32), DOT, INTERP)
+        hk = _leaky(hk + tl.load(PB_ptr + kk)[None, :])
+        if SAVE_H:
+            _store(H_ptr + rows[:, None] * ldh + kk[None, :], hk,
+                   hmask[:, None], BF16_OUT, INTERP)
+        wi_t = tl.load(WI_ptr + cols[None, :] * P + kk[:, None], mask=cmask[None, :], other=0.0)
+        acc = _dot(hk, wi_t, acc, DOT, INTERP)
+    f = tl.load(FIDX_ptr + rows, mask=rmask, other=0)
+    mask = rmask[:, None] & cmask[None, :]
+    acc += tl.load(FB_ptr + f[:, None] * ldfb + cols[None, :], mask=mask, other=0.0)
+    _store(Z_ptr + rows[:, None] * ldz + cols[None, :], _leaky(acc), mask, BF16_OUT, INTERP)
+
+
+@triton.jit
+def _coupling_out_fwd_kernel(A_ptr, W_ptr, B_ptr, WO_ptr, BO_ptr, X_ptr, Y_ptr, Z_ptr, ST_ptr, M,
+                             H, lda, ldz, sidx, SAVE: tl.constexpr, INVERSE: tl.constexpr,
+                             BF16_OUT: tl.constexpr, DOT: tl.constexpr, INTERP: tl.constexpr,
+                             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                             BLOCK_K: tl.constexpr):
+    """The top hidden layer z = leaky(A [M, H] @ W [H, H]^T + B), the (s, t) head on z, the clamp
+    and the coupling update Y [M, 3] <- X [M, 3]; z [M, H] and (s_raw, t) [M, 2] stored when
+    SAVE. Grid (M tiles,): each program loops over the H columns in BLOCK_N chunks."""
+    pid_m = tl.program_id(0).to(tl.int64)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
+    rmask = rows < M
+    o = tl.arange(0, 16)
+    st = tl.zeros((BLOCK_M, 16), dtype=tl.float32)
+    for n0 in range(0, H, BLOCK_N):
+        cols = n0 + tl.arange(0, BLOCK_N)
+        cmask = cols < H
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        acc = _gemm(acc, A_ptr, lda, 1, rows, rmask, W_ptr, 1, H, cols, cmask, H, BLOCK_K, DOT,
+                    INTERP)
+        z = _leaky(acc + tl.load(B_ptr + cols, mask=cmask, other=0.0)[None, :])
         if SAVE:
-            base = SAVED_ptr + (l * M + rows) * 3
-            tl.store(base + 0, x0, mask=valid)
-            tl.store(base + 1, x1, mask=valid)
-            tl.store(base + 2, x2, mask=valid)
-        sidx = tl.load(COORDS_ptr + l)
-        ua, ub, xs = _conditioning(x0, x1, x2, sidx)
-        _, _, _, _, _, _, _, _, s_raw, t = _layer_net(
-            ua, ub, fidx, l, FB_ptr, PW_ptr, PB_ptr, WI_ptr, WH_ptr, BH_ptr, WO_ptr, BO_ptr,
-            L, NH, NF, E, E_PAD, P, H, DOT, INTERP)
-        s = tl.minimum(tl.maximum(s_raw, -8.0), 8.0)
-        if INVERSE:
-            new = xs * tl.exp(s) + t
-        else:
-            new = (xs - t) * tl.exp(-s)
-        x0 = tl.where(sidx == 0, new, x0)
-        x1 = tl.where(sidx == 1, new, x1)
-        x2 = tl.where(sidx == 2, new, x2)
-    tl.store(Y_ptr + rows * 3 + 0, x0, mask=valid)
-    tl.store(Y_ptr + rows * 3 + 1, x1, mask=valid)
-    tl.store(Y_ptr + rows * 3 + 2, x2, mask=valid)
+            _store(Z_ptr + rows[:, None] * ldz + cols[None, :], z,
+                   rmask[:, None] & cmask[None, :], BF16_OUT, INTERP)
+        wo_t = tl.load(WO_ptr + o[None, :] * H + cols[:, None], mask=o[None, :] < 2,
+                       other=0.0)  # [BLOCK_N, 16]
+        st = _dot(z, wo_t, st, DOT, INTERP)
+    s_raw = tl.sum(tl.where(o[None, :] == 0, st, 0.0), axis=1) + tl.load(BO_ptr)
+    t = tl.sum(tl.where(o[None, :] == 1, st, 0.0), axis=1) + tl.load(BO_ptr + 1)
+    x0, x1, x2, _, _, xs = _conditioning(X_ptr, rows, rmask, sidx)
+    s = tl.minimum(tl.maximum(s_raw, -8.0), 8.0)
+    if INVERSE:
+        new = xs * tl.exp(s) + t
+    else:
+        new = (xs - t) * tl.exp(-s)
+    tl.store(Y_ptr + rows * 3 + 0, tl.where(sidx == 0, new, x0), mask=rmask)
+    tl.store(Y_ptr + rows * 3 + 1, tl.where(sidx == 1, new, x1), mask=rmask)
+    tl.store(Y_ptr + rows * 3 + 2, tl.where(sidx == 2, new, x2), mask=rmask)
+    if SAVE:
+        tl.store(ST_ptr + rows * 2, s_raw, mask=rmask)
+        tl.store(ST_ptr + rows * 2 + 1, t, mask=rmask)
 
 
 @triton.jit
-def _backprop_hidden(dA, z_in, WH_ptr, BH_ptr, DWH_ptr, DBH_ptr, k: tl.constexpr, l,
-                     L: tl.constexpr, H: tl.constexpr, DOT: tl.constexpr,
-                     INTERP: tl.constexpr):
-    """Through z_out = leaky(z_in @ W^T + b): accumulate dW, db; return dpre of z_in."""
-    h_c = tl.arange(0, H)[None, :]
-    h_r = tl.arange(0, H)[:, None]
-    hs = tl.arange(0, H)
-    off = ((k * L + l) * H + h_r) * H + h_c
-    tl.atomic_add(DWH_ptr + off, _mm(tl.trans(dA), z_in, DOT, INTERP))
-    tl.atomic_add(DBH_ptr + (k * L + l) * H + hs, tl.sum(dA, axis=0))
-    w = tl.load(WH_ptr + off)  # [H_out, H_in]
-    return _leaky_grad(_mm(dA, w, DOT, INTERP), z_in)
+def _coupling_head_bwd_kernel(G_ptr, X_ptr, ST_ptr, Z_ptr, WO_ptr, DST_ptr, DA_ptr, M, H, ldz,
+                              ldd, sidx, INVERSE: tl.constexpr, BF16_OUT: tl.constexpr,
+                              DOT: tl.constexpr, INTERP: tl.constexpr, BLOCK_M: tl.constexpr,
+                              BLOCK_N: tl.constexpr):
+    """Back through the coupling update and the (s, t) head of one layer. G [M, 3] (in place):
+    the gradient at the layer's output becomes the direct part of the gradient at its input;
+    DST [M, 2] = d(s_raw, t); DA [M, H] = leaky'(z) * (DST @ WO [2, H]). Grid (M tiles,)."""
+    pid_m = tl.program_id(0).to(tl.int64)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
+    rmask = rows < M
+    _, _, _, _, _, xs = _conditioning(X_ptr, rows, rmask, sidx)
+    s_raw = tl.load(ST_ptr + rows * 2, mask=rmask, other=0.0)
+    t = tl.load(ST_ptr + rows * 2 + 1, mask=rmask, other=0.0)
+    gy = tl.load(G_ptr + rows * 3 + sidx, mask=rmask, other=0.0)
+    s = tl.minimum(tl.maximum(s_raw, -8.0), 8.0)
+    if INVERSE:
+        e = tl.exp(s)
+        gx = gy * e
+        dt = gy
+        ds = gy * xs * e
+    else:
+        e = tl.exp(-s)
+        gx = gy * e
+        dt = -gy * e
+        ds = -gy * ((xs - t) * e)
+    ds = tl.where((s_raw >= -8.0) & (s_raw <= 8.0), ds, 0.0)
+    tl.store(G_ptr + rows * 3 + sidx, gx, mask=rmask)
+    tl.store(DST_ptr + rows * 2, ds, mask=rmask)
+    tl.store(DST_ptr + rows * 2 + 1, dt, mask=rmask)
+    o = tl.arange(0, 16)
+    dst = tl.where(o[None, :] == 0, ds[:, None], tl.where(o[None, :] == 1, dt[:, None], 0.0))
+    for n0 in range(0, H, BLOCK_N):
+        cols = n0 + tl.arange(0, BLOCK_N)
+        cmask = cols < H
+        mask = rmask[:, None] & cmask[None, :]
+        wo = tl.load(WO_ptr + o[:, None] * H + cols[None, :],
+                     mask=(o[:, None] < 2) & cmask[None, :], other=0.0)  # [16, BLOCK_N]
+        da = _dot(dst, wo, tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), DOT, INTERP)
+        z = tl.load(Z_ptr + rows[:, None] * ldz + cols[None, :], mask=mask, other=0.0)
+        _store(DA_ptr + rows[:, None] * ldd + cols[None, :], _act_grad(da, z.to(tl.float32), 1),
+               mask, BF16_OUT, INTERP)
 
 
 @triton.jit
-def _coupling_stack_bwd_kernel(DY_ptr, DX_ptr, SAVED_ptr, FIDX_ptr, COORDS_ptr, FB_ptr,
-                               PW_ptr, PB_ptr, WI_ptr, WH_ptr, BH_ptr, WO_ptr, BO_ptr,
-                               DFB_ptr, DPW_ptr, DPB_ptr, DWI_ptr, DWH_ptr, DBH_ptr, DWO_ptr,
-                               DBO_ptr, M, L: tl.constexpr, NH: tl.constexpr,
-                               NF: tl.constexpr, E: tl.constexpr, E_PAD: tl.constexpr,
-                               P: tl.constexpr, H: tl.constexpr, INVERSE: tl.constexpr,
-                               DOT: tl.constexpr, INTERP: tl.constexpr,
-                               BLOCK_M: tl.constexpr):
-    """dx [M, 3] and (atomically accumulated) gradients of every weight and frame bias."""
-    pid = tl.program_id(0).to(tl.int64)
-    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
-    valid = rows < M
-    g0 = tl.load(DY_ptr + rows * 3 + 0, mask=valid, other=0.0)
-    g1 = tl.load(DY_ptr + rows * 3 + 1, mask=valid, other=0.0)
-    g2 = tl.load(DY_ptr + rows * 3 + 2, mask=valid, other=0.0)
-    fidx = tl.load(FIDX_ptr + rows, mask=valid, other=0)
-    hs = tl.arange(0, H)
-    h_c = tl.arange(0, H)[None, :]
-    h_r = tl.arange(0, H)[:, None]
-    p_c = tl.arange(0, P)[None, :]
-    p_r = tl.arange(0, P)[:, None]
-    e_c = tl.arange(0, E_PAD)[None, :]
-    for step in tl.static_range(L):
-        if INVERSE:
-            l = step
-        else:
-            l = L - 1 - step
-        base = SAVED_ptr + (l * M + rows) * 3
-        x0 = tl.load(base + 0, mask=valid, other=0.0)
-        x1 = tl.load(base + 1, mask=valid, other=0.0)
-        x2 = tl.load(base + 2, mask=valid, other=0.0)
-        sidx = tl.load(COORDS_ptr + l)
-        ua, ub, xs = _conditioning(x0, x1, x2, sidx)
-        pe, dpe_du, is_a, h, z0, z1, z2, zl, s_raw, t = _layer_net(
-            ua, ub, fidx, l, FB_ptr, PW_ptr, PB_ptr, WI_ptr, WH_ptr, BH_ptr, WO_ptr, BO_ptr,
-            L, NH, NF, E, E_PAD, P, H, DOT, INTERP)
-        # through the coordinate update
-        s = tl.minimum(tl.maximum(s_raw, -8.0), 8.0)
-        gy = tl.where(sidx == 0, g0, tl.where(sidx == 1, g1, g2))
-        if INVERSE:
-            e = tl.exp(s)
-            gx = gy * e
-            dt = gy
-            ds = gy * xs * e
-        else:
-            e = tl.exp(-s)
-            gx = gy * e
-            dt = -gy * e
-            ds = -gy * ((xs - t) * e)
-        ds = tl.where((s_raw >= -8.0) & (s_raw <= 8.0), ds, 0.0)
-        g0 = tl.where(sidx == 0, gx, g0)
-        g1 = tl.where(sidx == 1, gx, g1)
-        g2 = tl.where(sidx == 2, gx, g2)
-        # output layer
-        ws = tl.load(WO_ptr + l * 2 * H + hs)
-        wt = tl.load(WO_ptr + l * 2 * H + H + hs)
-        if DOT == 2:
-            ws = _round_bf16(ws)
-            wt = _round_bf16(wt)
-        tl.atomic_add(DWO_ptr + l * 2 * H + hs, tl.sum(ds[:, None] * zl, axis=0))
-        tl.atomic_add(DWO_ptr + l * 2 * H + H + hs, tl.sum(dt[:, None] * zl, axis=0))
-        tl.atomic_add(DBO_ptr + l * 2, tl.sum(ds, axis=0))
-        tl.atomic_add(DBO_ptr + l * 2 + 1, tl.sum(dt, axis=0))
-        dA = _leaky_grad(ds[:, None] * ws[None, :] + dt[:, None] * wt[None, :], zl)
-        # hidden layers, top down
-        if NH >= 2:
-            dA = _backprop_hidden(dA, z1, WH_ptr, BH_ptr, DWH_ptr, DBH_ptr, 1, l, L, H, DOT,
-                                  INTERP)
-        if NH >= 1:
-            dA = _backprop_hidden(dA, z0, WH_ptr, BH_ptr, DWH_ptr, DBH_ptr, 0, l, L, H, DOT,
-                                  INTERP)
-        # first layer (non-code columns) and the frame bias
-        tl.atomic_add(DWI_ptr + (l * H + h_r) * P + p_c, _mm(tl.trans(dA), h, DOT, INTERP))
-        tl.atomic_add(DFB_ptr + (fidx[:, None] * L + l) * H + h_c, dA, mask=valid[:, None])
-        wi = tl.load(WI_ptr + (l * H + h_r) * P + p_c)  # [H, P]
-        dh = _leaky_grad(_mm(dA, wi, DOT, INTERP), h)
-        # projection of the encoding
-        tl.atomic_add(DPW_ptr + (l * P + p_r) * E + e_c, _mm(tl.trans(dh), pe, DOT, INTERP),
-                      mask=(p_r < P) & (e_c < E))
-        tl.atomic_add(DPB_ptr + l * P + tl.arange(0, P), tl.sum(dh, axis=0))
-        pw = tl.load(PW_ptr + (l * P + p_r) * E + e_c, mask=(p_r < P) & (e_c < E), other=0.0)
-        dpe = _mm(dh, pw, DOT, INTERP) * dpe_du
-        ga = tl.sum(tl.where(is_a, dpe, 0.0), axis=1)
-        gb = tl.sum(tl.where(is_a, 0.0, dpe), axis=1)
-        # a = 1 if s == 0 else 0; b = 1 if s == 2 else 2
-        g0 = g0 + tl.where(sidx != 0, ga, 0.0)
-        g1 = g1 + tl.where(sidx == 0, ga, 0.0) + tl.where(sidx == 2, gb, 0.0)
-        g2 = g2 + tl.where(sidx != 2, gb, 0.0)
-    tl.store(DX_ptr + rows * 3 + 0, g0, mask=valid)
-    tl.store(DX_ptr + rows * 3 + 1, g1, mask=valid)
-    tl.store(DX_ptr + rows * 3 + 2, g2, mask=valid)
+def _coupling_pe_bwd_kernel(DH_ptr, PW_ptr, X_ptr, G_ptr, PE_ptr, M, P, ldd, sidx,
+                            NF: tl.constexpr, E: tl.constexpr, E_PAD: tl.constexpr,
+                            DOT: tl.constexpr, INTERP: tl.constexpr, BLOCK_M: tl.constexpr,
+                            BLOCK_K: tl.constexpr):
+    """dpe = DH [M, P] @ PW [P, E], chained through the encoding into the two conditioning
+    coordinates' gradient G [M, 3] (added in place); PE [M, E_PAD] (fp32) gets the encoding for
+    the projection's weight gradient. Grid (M tiles,)."""
+    pid_m = tl.program_id(0).to(tl.int64)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
+    rmask = rows < M
+    _, _, _, ua, ub, _ = _conditioning(X_ptr, rows, rmask, sidx)
+    pe, dpe_du, is_a = _encoding(ua, ub, NF, E, E_PAD)
+    e_c = tl.arange(0, E_PAD)
+    tl.store(PE_ptr + rows[:, None] * E_PAD + e_c[None, :], pe, mask=rmask[:, None])
+    acc = tl.zeros((BLOCK_M, E_PAD), dtype=tl.float32)
+    acc = _gemm(acc, DH_ptr, ldd, 1, rows, rmask, PW_ptr, E, 1, e_c, e_c < E, P, BLOCK_K, DOT,
+                INTERP)
+    dpe = acc * dpe_du
+    ga = tl.sum(tl.where(is_a, dpe, 0.0), axis=1)
+    gb = tl.sum(tl.where(is_a, 0.0, dpe), axis=1)
+    # u_a is coordinate 1 if s == 0 else 0; u_b is coordinate 1 if s == 2 else 2
+    g0 = tl.load(G_ptr + rows * 3 + 0, mask=rmask, other=0.0)
+    g1 = tl.load(G_ptr + rows * 3 + 1, mask=rmask, other=0.0)
+    g2 = tl.load(G_ptr + rows * 3 + 2, mask=rmask, other=0.0)
+    g0 += tl.where(sidx != 0, ga, 0.0)
+    g1 += tl.where(sidx == 0, ga, 0.0) + tl.where(sidx == 2, gb, 0.0)
+    g2 += tl.where(sidx != 2, gb, 0.0)
+    tl.store(G_ptr + rows * 3 + 0, g0, mask=rmask)
+    tl.store(G_ptr + rows * 3 + 1, g1, mask=rmask)
+    tl.store(G_ptr + rows * 3 + 2, g2, mask=rmask)
 
 
-def _pow2(n: int) -> bool:
-    return n >= 16 and (n & (n - 1)) == 0
-
-
-#: widest P / H the GPU kernels are compiled and checked for (``make check-sm90``)
-MAX_GPU_WIDTH = 64
-
-
+# ------------------------------------------------------------------------------------- host side
 def unsupported_reason(L: int, E: int, P: int, H: int, n_hidden: int) -> str | None:
     """Why the Triton kernels cannot run these widths (``None`` when they can)."""
-    if not _pow2(P) or not _pow2(H):
-        return f"the Triton coupling stack needs P and H powers of two >= 16, got P={P}, H={H}"
-    if n_hidden > MAX_HIDDEN:
-        return f"the Triton coupling stack supports at most {MAX_HIDDEN} extra hidden layers"
-    if not triton_interpret() and max(P, H) > MAX_GPU_WIDTH:
-        return (f"the Triton coupling stack is built for widths <= {MAX_GPU_WIDTH} on GPUs so "
-                f"far, got P={P}, H={H} (at 256 the per-program weight tiles need 262 KB of "
-                "shared memory, above the H100's 227 KB: they must be split first)")
+    for name, w in (("P", P), ("H", H)):
+        if w % 16 or not 16 <= w <= MAX_WIDTH:
+            return (f"the Triton coupling stack needs widths that are multiples of 16 up to "
+                    f"{MAX_WIDTH}, got {name}={w}")
+    if n_hidden < 1:
+        return "the Triton coupling stack needs at least one extra hidden layer, got 0"
+    if E > 64:
+        return f"the Triton coupling stack takes at most 15 encoding frequencies, got E={E}"
     return None
 
 
-def _config(M: int, H: int) -> tuple[int, int]:
-    """(BLOCK_M, num_warps)."""
-    if triton_interpret():
-        # few, large programs: each interpreted program instance has a fixed cost
-        return max(16, min(1024, triton.next_power_of_2(max(M, 1)))), 4
-    return (64 if H <= 128 else 32), 8
+def _e_pad(E: int) -> int:
+    return max(16, triton.next_power_of_2(E))
 
 
-_DOT = {"fp32": 0, "tf32": 1, "bf16": 2}
+def _head_block_n(H: int, interp: bool | None = None) -> int:
+    """Column chunk of the head kernels (the whole row is looped over inside one program)."""
+    return block_n(H, interp)
 
 
-def _dims(proj_w, w_in_h, w_hid):
-    L, P, E = proj_w.shape
-    return L, P, E, max(16, triton.next_power_of_2(E)), w_in_h.shape[1], w_hid.shape[0]
+def _matrices(ws: list[torch.Tensor], precision: str) -> list[torch.Tensor]:
+    """Weights in the kernels' operand dtype: bf16 copies in the bf16 mode (biases stay fp32)."""
+    fb, proj_w, proj_b, w_in_h, w_hid, b_hid, w_out, b_out = ws
+    if precision == "bf16":
+        proj_w, w_in_h, w_hid, w_out = (w.to(torch.bfloat16).contiguous()
+                                        for w in (proj_w, w_in_h, w_hid, w_out))
+    return [fb, proj_w, proj_b, w_in_h, w_hid, b_hid, w_out, b_out]
 
 
-def coupling_stack_fwd(x: torch.Tensor, frame_idx: torch.Tensor, coords: torch.Tensor,
-                       weights: list[torch.Tensor], n_freq: int, inverse: bool, save: bool,
-                       precision: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Launch the forward kernel.
+def coupling_stack_fwd(x: torch.Tensor, frame_idx: torch.Tensor, weights: list[torch.Tensor],
+                       coords: list[int], n_freq: int, inverse: bool, precision: str,
+                       save: bool) -> tuple[torch.Tensor, ...]:
+    """Run the stack forward (or inverse).
 
     Args:
         x: points, float32 contiguous. [M, 3]
         frame_idx: int64. [M]
-        coords: int32 coordinate of each layer. [L]
         weights: ``[frame_bias [F, L, H], proj_w [L, P, E], proj_b [L, P], w_in_h [L, H, P],
-            w_hid [NH, L, H, H], b_hid [NH, L, H], w_out [L, 2, H], b_out [L, 2]]``, float32.
+            w_hid [NH, L, H, H], b_hid [NH, L, H], w_out [L, 2, H], b_out [L, 2]]``, float32
+            contiguous.
+        coords: the coordinate of each layer. length L
         n_freq: encoding frequencies (E = 2 + 4 n_freq).
         inverse: run the inverse map.
-        save: also return the layer inputs ``[L, M, 3]``.
         precision: "fp32", "tf32" or "bf16".
+        save: keep what the backward needs.
 
     Returns:
-        ``(y [M, 3], saved [L, M, 3] or None)``.
+        ``(y [M, 3], xin [L, M, 3], h [L, M, P], z [L, NH + 1, M, H], st [L, M, 2])``, indexed by
+        step of application; the last four are empty (0 elements) unless ``save``.
     """
-    fb, proj_w, proj_b, w_in_h, w_hid, b_hid, w_out, b_out = weights
-    L, P, E, E_PAD, H, NH = _dims(proj_w, w_in_h, w_hid)
+    fb, proj_w, proj_b, w_in_h, w_hid, b_hid, w_out, b_out = _matrices(weights, precision)
+    L, P, E = proj_w.shape
+    H, NH = w_in_h.shape[1], w_hid.shape[0]
     M = x.shape[0]
+    dev, adt, dot = x.device, act_dtype(precision), DOT_CODE[precision]
+    interp = triton_interpret()
     y = torch.empty_like(x)
-    saved = torch.empty(L, M, 3, device=x.device, dtype=x.dtype) if save else None
+    xin = torch.empty(L, M, 3, device=dev, dtype=torch.float32)
+    if save:
+        h = torch.empty(L, M, P, device=dev, dtype=adt)
+        z = torch.empty(L, NH + 1, M, H, device=dev, dtype=adt)
+        st = torch.empty(L, M, 2, device=dev, dtype=torch.float32)
+    else:
+        h = torch.empty(0, device=dev, dtype=adt)
+        z = torch.empty(1, NH + 1, M, H, device=dev, dtype=adt)
+        st = torch.empty(0, device=dev, dtype=torch.float32)
     if M == 0:
-        return y, saved
-    block, warps = _config(M, H)
-    wh = w_hid if NH > 0 else proj_b  # any valid pointer when there are no hidden layers
-    bh = b_hid if NH > 0 else proj_b
-    _coupling_stack_fwd_kernel[(triton.cdiv(M, block),)](
-        x, y, saved if save else y, frame_idx, coords, fb, proj_w, proj_b, w_in_h, wh, bh,
-        w_out, b_out, M, L=L, NH=NH, NF=n_freq, E=E, E_PAD=E_PAD, P=P, H=H,
-        INVERSE=bool(inverse), SAVE=bool(save), DOT=_DOT[precision],
-        INTERP=triton_interpret(), BLOCK_M=block, num_warps=warps)
-    return y, saved
+        return y, xin if save else xin[:0], h, z if save else z[:0], st
+    xin[0].copy_(x)
+    bm = block_m(M)
+    grid_m = triton.cdiv(M, bm)
+    for step in range(L):
+        layer = L - 1 - step if inverse else step
+        sidx = int(coords[layer])
+        zs = z[step if save else 0]
+        bn, bk = block_n(H), block_k(P, dot)
+        _coupling_in_fwd_kernel[(grid_m, triton.cdiv(H, bn))](
+            xin[step], frame_idx, proj_w[layer], proj_b[layer], w_in_h[layer], fb[:, layer],
+            zs[0], h[step] if save else zs[0], M, P, H, zs.stride(1),
+            P if save else 0, fb.stride(0), sidx, NF=n_freq, E=E, E_PAD=_e_pad(E),
+            SAVE_H=save, BF16_OUT=adt == torch.bfloat16, DOT=dot, INTERP=interp, BLOCK_M=bm,
+            BLOCK_N=bn, BLOCK_K=bk, num_warps=NUM_WARPS, num_stages=num_stages(dot))
+        for k in range(NH - 1):
+            linear_fwd(zs[k], w_hid[k, layer], b_hid[k, layer], ACT_LEAKY, precision,
+                       out=zs[k + 1])
+        out = y if step == L - 1 else xin[step + 1]
+        _coupling_out_fwd_kernel[(grid_m,)](
+            zs[NH - 1], w_hid[NH - 1, layer], b_hid[NH - 1, layer], w_out[layer], b_out[layer],
+            xin[step], out, zs[NH], st[step] if save else y, M, H, zs.stride(1), zs.stride(1),
+            sidx, SAVE=save, INVERSE=bool(inverse), BF16_OUT=adt == torch.bfloat16, DOT=dot,
+            INTERP=interp, BLOCK_M=bm, BLOCK_N=_head_block_n(H), BLOCK_K=block_k(H, dot),
+            num_warps=NUM_WARPS, num_stages=num_stages(dot))
+    if not save:
+        return y, xin[:0], h, z[:0], st
+    return y, xin, h, z, st
 
 
-def coupling_stack_bwd(dy: torch.Tensor, saved: torch.Tensor, frame_idx: torch.Tensor,
-                       coords: torch.Tensor, weights: list[torch.Tensor], n_freq: int,
-                       inverse: bool, precision: str) -> list[torch.Tensor]:
-    """Launch the backward kernel (same arguments as :func:`coupling_stack_fwd`).
+def coupling_stack_bwd(dy: torch.Tensor, xin: torch.Tensor, h: torch.Tensor, z: torch.Tensor,
+                       st: torch.Tensor, frame_idx: torch.Tensor, weights: list[torch.Tensor],
+                       coords: list[int], n_freq: int, inverse: bool, precision: str
+                       ) -> list[torch.Tensor]:
+    """The backward of :func:`coupling_stack_fwd` from what it saved.
 
     Returns:
-        ``[dx, dframe_bias, dproj_w, dproj_b, dw_in_h, dw_hid, db_hid, dw_out, db_out]``.
+        ``[dx, dframe_bias, dproj_w, dproj_b, dw_in_h, dw_hid, db_hid, dw_out, db_out]``, fp32.
     """
-    fb, proj_w, proj_b, w_in_h, w_hid, b_hid, w_out, b_out = weights
-    L, P, E, E_PAD, H, NH = _dims(proj_w, w_in_h, w_hid)
+    fb, proj_w, proj_b, w_in_h, w_hid, b_hid, w_out, b_out = _matrices(weights, precision)
+    L, P, E = proj_w.shape
+    H, NH = w_in_h.shape[1], w_hid.shape[0]
+    F = fb.shape[0]
     M = dy.shape[0]
-    dx = torch.empty_like(dy)
-    grads = [torch.zeros(w.shape, device=w.device, dtype=torch.float32) for w in weights]
-    if M > 0:
-        block, warps = _config(M, H)
-        dfb, dpw, dpb, dwi, dwh, dbh, dwo, dbo = grads
-        wh, bh = (w_hid, b_hid) if NH > 0 else (proj_b, proj_b)
-        gwh, gbh = (dwh, dbh) if NH > 0 else (dpb, dpb)
-        _coupling_stack_bwd_kernel[(triton.cdiv(M, block),)](
-            dy, dx, saved, frame_idx, coords, fb, proj_w, proj_b, w_in_h, wh, bh, w_out, b_out,
-            dfb, dpw, dpb, dwi, gwh, gbh, dwo, dbo, M, L=L, NH=NH, NF=n_freq, E=E,
-            E_PAD=E_PAD, P=P, H=H, INVERSE=bool(inverse), DOT=_DOT[precision],
-            INTERP=triton_interpret(), BLOCK_M=block, num_warps=warps)
-    return [dx, *grads]
+    dev, adt, dot = dy.device, act_dtype(precision), DOT_CODE[precision]
+    interp = triton_interpret()
+    g = dy.to(torch.float32).contiguous().clone()
+    grads = [torch.zeros(w.shape, device=dev, dtype=torch.float32) for w in weights]
+    dfb, dpw, dpb, dwi, dwh, dbh, dwo, dbo = grads
+    if M == 0:
+        return [g, *grads]
+    order, offs = segments(frame_idx, F)
+    da = torch.empty(NH + 1, M, H, device=dev, dtype=adt)
+    dh = torch.empty(M, P, device=dev, dtype=adt)
+    E_PAD = _e_pad(E)
+    pe = torch.empty(M, E_PAD, device=dev, dtype=torch.float32)
+    dst = torch.empty(M, 2, device=dev, dtype=torch.float32)
+    bm = block_m(M)
+    grid_m = triton.cdiv(M, bm)
+    for step in reversed(range(L)):
+        layer = L - 1 - step if inverse else step
+        sidx = int(coords[layer])
+        zs = z[step]
+        _coupling_head_bwd_kernel[(grid_m,)](
+            g, xin[step], st[step], zs[NH], w_out[layer], dst, da[NH], M, H, zs.stride(1),
+            da.stride(1), sidx, INVERSE=bool(inverse), BF16_OUT=adt == torch.bfloat16, DOT=dot,
+            INTERP=interp, BLOCK_M=bm, BLOCK_N=_head_block_n(H), num_warps=NUM_WARPS)
+        linear_dw(dst, zs[NH], precision, dwo[layer], dbo[layer])
+        for k in reversed(range(NH)):
+            linear_dw(da[k + 1], zs[k], precision, dwh[k, layer], dbh[k, layer])
+            linear_dx(da[k + 1], w_hid[k, layer], zs[k], ACT_LEAKY, precision, out=da[k])
+        linear_dw(da[0], h[step], precision, dwi[layer])
+        segment_sum(da[0], order, offs, dfb[:, layer])
+        linear_dx(da[0], w_in_h[layer], h[step], ACT_LEAKY, precision, out=dh)
+        _coupling_pe_bwd_kernel[(grid_m,)](
+            dh, proj_w[layer], xin[step], g, pe, M, P, dh.stride(0), sidx, NF=n_freq, E=E,
+            E_PAD=E_PAD, DOT=dot, INTERP=interp, BLOCK_M=bm, BLOCK_K=block_k(P, dot),
+            num_warps=NUM_WARPS, num_stages=num_stages(dot))
+        linear_dw(dh, pe[:, :E], precision, dpw[layer], dpb[layer])
+    return [g, *grads]
 
 
 def flops_per_point(L: int, E: int, P: int, H: int, n_hidden: int) -> int:
@@ -411,31 +417,48 @@ __all__ = ["coupling_stack_bwd", "coupling_stack_fwd", "flops_per_point", "unsup
 
 
 def sm90_specs():
-    """The compiles ``make check-sm90`` checks: the widths the GPU path accepts (the cpu
-    preset's 64; see ``MAX_GPU_WIDTH``), fp32 and bf16, forward and backward, with the launch
-    configuration of ``_config``."""
+    """The compiles ``make check-sm90`` checks: the coupling kernels at the launch
+    configurations used on a GPU, for the omnimotion widths (P = H = 256) and the cpu preset's
+    (64), bf16 and tf32 (tensor cores) and, at 256, the exact fp32 mode; forward, inverse and
+    backward."""
     from omnifast.kernels._aot import AOTSpec  # noqa: PLC0415
 
-    width = MAX_GPU_WIDTH
-    dims = dict(L=6, NH=2, NF=4, E=18, E_PAD=32, P=width, H=width, INVERSE=False,
-                INTERP=False)
-    block, warps = 64 if width <= 128 else 32, 8  # _config() on a GPU
-    common = {n: "*fp32" for n in ("FB_ptr", "PW_ptr", "PB_ptr", "WI_ptr", "WH_ptr", "BH_ptr",
-                                   "WO_ptr", "BO_ptr")}
-    common.update(FIDX_ptr="*i64", COORDS_ptr="*i32", SAVED_ptr="*fp32", M="i32")
-    fwd = {"X_ptr": "*fp32", "Y_ptr": "*fp32", **common}
-    bwd = {"DY_ptr": "*fp32", "DX_ptr": "*fp32", **common,
-           **{n: "*fp32" for n in ("DFB_ptr", "DPW_ptr", "DPB_ptr", "DWI_ptr", "DWH_ptr",
-                                   "DBH_ptr", "DWO_ptr", "DBO_ptr")}}
     specs = []
-    for precision in ("fp32", "bf16"):
-        dot = _DOT[precision]
-        specs.append(AOTSpec(f"coupling_stack_fwd[{precision},H{width}]",
-                             _coupling_stack_fwd_kernel, fwd,
-                             {**dims, "DOT": dot, "SAVE": True, "BLOCK_M": block},
-                             num_warps=warps, expect_tensor_cores=dot != 0))
-        specs.append(AOTSpec(f"coupling_stack_bwd[{precision},H{width}]",
-                             _coupling_stack_bwd_kernel, bwd,
-                             {**dims, "DOT": dot, "BLOCK_M": block}, num_warps=warps,
-                             expect_tensor_cores=dot != 0))
+    E, NF = 18, 4
+    for prec in ("bf16", "tf32", "fp32"):
+        dot = DOT_CODE[prec]
+        act = "*bf16" if dot == 2 else "*fp32"
+        for width in ((256,) if dot == 0 else (256, 64)):
+            bn, bk = _head_block_n(width, False), block_k(width, dot, False)
+            tag = f"{prec},{width}"
+            common = dict(BF16_OUT=dot == 2, DOT=dot, INTERP=False, BLOCK_M=GPU_BLOCK_M)
+            specs.append(AOTSpec(
+                f"coupling_in_fwd[{tag}]", _coupling_in_fwd_kernel,
+                dict(X_ptr="*fp32", FIDX_ptr="*i64", PW_ptr=act, PB_ptr="*fp32", WI_ptr=act,
+                     FB_ptr="*fp32", Z_ptr=act, H_ptr=act, M="i32", P="i32", H="i32", ldz="i32",
+                     ldh="i32", ldfb="i32", sidx="i32"),
+                dict(NF=NF, E=E, E_PAD=_e_pad(E), SAVE_H=True, BLOCK_N=bn, BLOCK_K=bk, **common),
+                num_warps=NUM_WARPS, num_stages=num_stages(dot), expect_tensor_cores=dot != 0))
+            for inverse in (False, True):
+                specs.append(AOTSpec(
+                    f"coupling_out_fwd[{tag},inv={int(inverse)}]", _coupling_out_fwd_kernel,
+                    dict(A_ptr=act, W_ptr=act, B_ptr="*fp32", WO_ptr=act, BO_ptr="*fp32",
+                         X_ptr="*fp32", Y_ptr="*fp32", Z_ptr=act, ST_ptr="*fp32", M="i32",
+                         H="i32", lda="i32", ldz="i32", sidx="i32"),
+                    dict(SAVE=True, INVERSE=inverse, BLOCK_N=bn, BLOCK_K=bk, **common),
+                    num_warps=NUM_WARPS, num_stages=num_stages(dot), expect_tensor_cores=dot != 0))
+            specs.append(AOTSpec(
+                f"coupling_head_bwd[{tag}]", _coupling_head_bwd_kernel,
+                dict(G_ptr="*fp32", X_ptr="*fp32", ST_ptr="*fp32", Z_ptr=act, WO_ptr=act,
+                     DST_ptr="*fp32", DA_ptr=act, M="i32", H="i32", ldz="i32", ldd="i32",
+                     sidx="i32"),
+                dict(INVERSE=False, BLOCK_N=bn, **common), num_warps=NUM_WARPS,
+                expect_tensor_cores=dot != 0))
+            specs.append(AOTSpec(
+                f"coupling_pe_bwd[{tag}]", _coupling_pe_bwd_kernel,
+                dict(DH_ptr=act, PW_ptr=act, X_ptr="*fp32", G_ptr="*fp32", PE_ptr="*fp32",
+                     M="i32", P="i32", ldd="i32", sidx="i32"),
+                dict(NF=NF, E=E, E_PAD=_e_pad(E), DOT=dot, INTERP=False, BLOCK_M=GPU_BLOCK_M,
+                     BLOCK_K=bk), num_warps=NUM_WARPS, num_stages=num_stages(dot),
+                expect_tensor_cores=dot != 0))
     return specs

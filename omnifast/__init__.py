@@ -4,6 +4,11 @@
 without the built extension ``omnifast._C`` (the reference PyTorch path is used then).
 """
 
+from omnifast import runtime as _runtime  # the standard library only
+
+# OpenMP reads its wait policy once, when torch loads it: this must come before `import torch`.
+_runtime.prepare_environment()
+
 import torch  # noqa: F401  (must come before the compiled extension is imported)
 
 from omnifast.config import CPU, OMNIMOTION, PRESETS, ModelConfig, Preset, TrainConfig, get_preset
@@ -36,6 +41,7 @@ __all__ = [
 # imageio or tqdm until a clip is actually loaded or fitted).
 _LAZY = {
     "fit": ("omnifast.api", "fit"),
+    "fit_many": ("omnifast.many", "fit_many"),
     "load_tracker": ("omnifast.track", "load_tracker"),
     "Tracker": ("omnifast.track", "Tracker"),
     "load_video": ("omnifast.data.video", "load_video"),

@@ -13,6 +13,7 @@ import torch
 
 from omnifast.config import Preset, get_preset
 from omnifast.data.motion import MotionData
+from omnifast.runtime import cpu_settings
 from omnifast.track import Tracker, load_tracker
 from omnifast.train.trainer import Trainer, frames_digest
 
@@ -37,6 +38,25 @@ def tensorboard_writer(logdir: str | os.PathLike | None):
     return SummaryWriter(log_dir=os.fspath(logdir))
 
 
+def known_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions that mean a fit cannot run on its input or options (bad or missing
+    video, bad arguments, damaged or foreign checkpoint, unavailable backend, NaN fit):
+    reported as one line, never retried."""
+    from omnifast.dispatch import BackendUnavailableError  # noqa: PLC0415
+    from omnifast.model.checkpoint import CheckpointError  # noqa: PLC0415
+    from omnifast.train.trainer import FitError  # noqa: PLC0415
+
+    errors: list[type[BaseException]] = [FileNotFoundError, ValueError, CheckpointError,
+                                         BackendUnavailableError, FitError]
+    try:
+        from omnifast.data.video import VideoError  # noqa: PLC0415 (OpenCV)
+
+        errors.append(VideoError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
 def _frames_of(video, max_side: int | None) -> np.ndarray:
     from omnifast.data.video import load_video  # noqa: PLC0415 (cv2/imageio on demand)
 
@@ -55,7 +75,7 @@ def fit(video, *, preset: str | Preset = "cpu", iters: int | None = None,
         out_dir: str | os.PathLike | None = None, device: str | torch.device | None = None,
         seed: int = 0, resume: bool = False, progress: bool = True,
         tensorboard: str | os.PathLike | None = None, max_side: int | None = None,
-        motion: MotionData | None = None, tracks=None,
+        motion: MotionData | None = None, tracks=None, threads: int | None = None,
         compile: str | bool | None = None) -> Tracker:
     """Fit OmniMotion to a clip and return a tracker.
 
@@ -81,12 +101,17 @@ def fit(video, *, preset: str | Preset = "cpu", iters: int | None = None,
             ``tracks [N, T, 2]`` (x, y pixels) and ``visible [N, T]`` (or ``occluded``). They
             become long-range pairs on top of the optical flow (where a track gives a
             correspondence, it wins).
+        threads: CPU threads of this fit (default: all CPUs this process was given, or
+            ``OMP_NUM_THREADS``); the previous count is restored afterwards. OpenMP's idle
+            threads sleep instead of spinning (``OMP_WAIT_POLICY=PASSIVE``, unless set) when
+            omnifast is imported before torch; see :mod:`omnifast.runtime`.
         compile: how each step runs: ``"graph"`` (the whole step as one CUDA graph, the
             default on CUDA unless ``OMNIFAST_CUDA_GRAPH=0``), ``"eager"`` (the default on the
             CPU), or ``"compile"`` (forward and losses through ``torch.compile``).
 
     Returns:
-        a :class:`~omnifast.track.Tracker`; its ``frames`` attribute holds the input frames.
+        a :class:`~omnifast.track.Tracker`; its ``frames`` attribute holds the input frames,
+        its ``info`` the steps, seed, fit seconds, final loss and threads.
 
     Raises:
         omnifast.data.video.VideoError: unusable input clip.
@@ -95,6 +120,18 @@ def fit(video, *, preset: str | Preset = "cpu", iters: int | None = None,
         omnifast.train.FitInterrupted: Ctrl-C (after saving the checkpoint).
         omnifast.train.FitError: the optimisation keeps producing NaN.
     """
+    with cpu_settings(threads) as n_threads:
+        tracker = _fit(video, preset=preset, iters=iters, out_dir=out_dir, device=device,
+                       seed=seed, resume=resume, progress=progress, tensorboard=tensorboard,
+                       max_side=max_side, motion=motion, tracks=tracks, threads=n_threads)
+    tracker.info["threads"] = n_threads
+    if out_dir is not None:
+        tracker.save(Path(out_dir) / TRACKER_NAME)
+    return tracker
+
+
+def _fit(video, *, preset, iters, out_dir, device, seed, resume, progress, tensorboard,
+         max_side, motion, tracks, threads) -> Tracker:
     preset_obj = get_preset(preset)
     if isinstance(video, MotionData):
         motion = video
@@ -116,7 +153,7 @@ def fit(video, *, preset: str | Preset = "cpu", iters: int | None = None,
         from omnifast.data.flow import compute_motion  # noqa: PLC0415
 
         cache = out / MOTION_CACHE if out is not None else None
-        motion = compute_motion(frames, cache_dir=cache, progress=progress)
+        motion = compute_motion(frames, cache_dir=cache, progress=progress, workers=threads)
     if tracks is not None:
         from omnifast.data.tracks import merge_tracks  # noqa: PLC0415
 
@@ -140,11 +177,10 @@ def fit(video, *, preset: str | Preset = "cpu", iters: int | None = None,
                       info={"steps": trainer.step, "seed": seed,
                             "video_digest": frames_digest(frames),
                             "fit_seconds": round(time.time() - t0, 2),
-                            "motion_source": motion.source})
+                            "motion_source": motion.source,
+                            "final_loss": trainer.last_loss})
     tracker.frames = frames
     tracker.tensorboard = writer
-    if out is not None:
-        tracker.save(out / TRACKER_NAME)
     return tracker
 
 
@@ -220,4 +256,5 @@ def write_results(tracker: Tracker, out_dir: str | os.PathLike,
     return {k: Path(v) for k, v in paths.items()}
 
 
-__all__ = ["fit", "load_tracker", "save_tracks", "tensorboard_writer", "write_results"]
+__all__ = ["fit", "known_errors", "load_tracker", "save_tracks", "tensorboard_writer",
+           "write_results"]

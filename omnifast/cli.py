@@ -1,4 +1,5 @@
-"""The ``omnifast`` command line: ``fit``, ``track``, ``info`` (and ``eval`` when installed).
+"""The ``omnifast`` command line: ``fit``, ``fit-many``, ``track``, ``info`` (and ``eval`` when
+installed).
 
 Known failures (bad input files, bad queries, damaged checkpoints, unavailable backends) print
 ``omnifast: error: <one line>`` on stderr and exit with status 2; anything unexpected exits with
@@ -25,19 +26,10 @@ def _fail(message: str) -> None:
 
 
 def _known_errors() -> tuple[type[BaseException], ...]:
-    from omnifast.dispatch import BackendUnavailableError  # noqa: PLC0415
-    from omnifast.model.checkpoint import CheckpointError  # noqa: PLC0415
-    from omnifast.train.trainer import FitError  # noqa: PLC0415
+    from omnifast.api import known_errors  # noqa: PLC0415
+    from omnifast.many import RayUnavailableError  # noqa: PLC0415
 
-    errors: list[type[BaseException]] = [FileNotFoundError, ValueError, CheckpointError,
-                                         BackendUnavailableError, FitError]
-    try:
-        from omnifast.data.video import VideoError  # noqa: PLC0415
-
-        errors.append(VideoError)
-    except ImportError:
-        pass
-    return tuple(errors)
+    return (*known_errors(), RayUnavailableError)
 
 
 # ------------------------------------------------------------------------------ commands
@@ -52,17 +44,53 @@ def cmd_fit(args: argparse.Namespace) -> int:
         if args.checkpoint_every < 1:
             raise ValueError("--checkpoint-every must be at least 1")
         preset = preset.replace(checkpoint_every=args.checkpoint_every)
-    tracker = fit(args.video, preset=preset, iters=args.iters, out_dir=out,
-                  device=args.device, seed=args.seed, resume=args.resume,
-                  progress=not args.quiet, tensorboard=args.tensorboard,
-                  max_side=args.max_side, tracks=args.tracks)
-    paths = write_results(tracker, out, num_points=args.points)
+    from omnifast.runtime import cpu_settings  # noqa: PLC0415
+
+    with cpu_settings(args.threads) as threads:  # the pictures are drawn with them too
+        tracker = fit(args.video, preset=preset, iters=args.iters, out_dir=out,
+                      device=args.device, seed=args.seed, resume=args.resume,
+                      progress=not args.quiet, tensorboard=args.tensorboard,
+                      max_side=args.max_side, tracks=args.tracks, threads=threads)
+        paths = write_results(tracker, out, num_points=args.points)
     steps = tracker.info.get("steps")
     secs = tracker.info.get("fit_seconds")
     print(f"fitted {steps} steps in {secs:.0f} s; wrote:")
     print(f"  {out / 'tracker.pt'}")
     for p in paths.values():
         print(f"  {p}")
+    return 0
+
+
+def cmd_fit_many(args: argparse.Namespace) -> int:
+    from omnifast.many import (  # noqa: PLC0415
+        FAILED,
+        SUMMARY_CSV,
+        SUMMARY_JSON,
+        FitManyInterrupted,
+        fit_many,
+        format_table,
+    )
+
+    out = Path(args.out)
+    try:
+        results = fit_many(args.videos, out, preset=args.preset, iters=args.iters,
+                           seed=args.seed, max_side=args.max_side,
+                           checkpoint_every=args.checkpoint_every, points=args.points,
+                           pictures=not args.no_pictures, device=args.device,
+                           cpus_per_fit=args.cpus_per_fit, gpus_per_fit=args.gpus_per_fit,
+                           threads=args.threads, address=args.address,
+                           max_retries=args.max_retries, progress=not args.quiet)
+    except FitManyInterrupted as exc:
+        print(format_table(exc.results))
+        print(f"omnifast: {exc}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(format_table(results))
+    print(f"wrote {out / SUMMARY_CSV} and {out / SUMMARY_JSON}")
+    failed = sum(r.status == FAILED for r in results)
+    if failed:
+        _fail(f"{failed} of {len(results)} videos failed (their errors are in "
+              f"{out / SUMMARY_CSV}); rerun the same command to retry them")
+        return EXIT_ERROR
     return 0
 
 
@@ -105,6 +133,7 @@ def info_text() -> str:
     import omnifast  # noqa: PLC0415
     from omnifast import dispatch  # noqa: PLC0415
     from omnifast._ext import extension_error, load_extension  # noqa: PLC0415
+    from omnifast.cpuinfo import cpu_report  # noqa: PLC0415
 
     lines = [f"omnifast {omnifast.__version__}",
              f"python {platform.python_version()}, torch {torch.__version__}, "
@@ -115,6 +144,7 @@ def info_text() -> str:
         lines.append(f"triton {triton.__version__}")
     except Exception:  # noqa: BLE001
         lines.append("triton: not installed")
+    lines += cpu_report()
     cuda = torch.cuda.is_available()
     gpu = f"available, {torch.cuda.get_device_name(0)}" if cuda else "not available"
     lines.append(f"cuda: {gpu}")
@@ -149,6 +179,20 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------ parser
+def _add_fit_options(p: argparse.ArgumentParser) -> None:
+    """The options that `fit` and `fit-many` share."""
+    p.add_argument("--preset", default="cpu", choices=["cpu", "gpu", "omnimotion"])
+    p.add_argument("--iters", type=int, default=None, help="optimisation steps (preset default)")
+    p.add_argument("--device", default=None, choices=["cpu", "cuda"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-side", type=int, default=None, dest="max_side",
+                   help="shrink frames so that the longer side is at most this")
+    p.add_argument("--checkpoint-every", type=int, default=None, dest="checkpoint_every",
+                   help="steps between checkpoints (preset default)")
+    p.add_argument("--points", type=int, default=256, help="grid points tracked for tracks.npz")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="omnifast", description="OmniMotion dense long-range point tracking.")
@@ -160,24 +204,44 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fit", help="fit a video and write the tracker, tracks and pictures")
     p.add_argument("video", help="video file, image folder or OmniMotion sequence folder")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--preset", default="cpu", choices=["cpu", "gpu", "omnimotion"])
-    p.add_argument("--iters", type=int, default=None, help="optimisation steps (preset default)")
-    p.add_argument("--device", default=None, choices=["cpu", "cuda"])
-    p.add_argument("--seed", type=int, default=0)
+    _add_fit_options(p)
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="CPU threads (default: all CPUs this process may use, or "
+                        "OMP_NUM_THREADS)")
     p.add_argument("--resume", action="store_true",
                    help="continue from OUT/checkpoint.pt if it exists")
-    p.add_argument("--max-side", type=int, default=None, dest="max_side",
-                   help="shrink frames so that the longer side is at most this")
-    p.add_argument("--checkpoint-every", type=int, default=None, dest="checkpoint_every",
-                   help="steps between checkpoints (preset default)")
-    p.add_argument("--points", type=int, default=256, help="grid points tracked for tracks.npz")
     p.add_argument("--tracks", default=None, metavar="NPZ",
                    help="external tracks (tracks [N, T, 2], visible [N, T]) used as extra "
                    "long-range correspondences")
     p.add_argument("--tensorboard", default=None, metavar="DIR",
                    help="write TensorBoard logs to DIR")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_fit)
+
+    p = sub.add_parser(
+        "fit-many", help="fit many videos on Ray (local or a cluster), resumable",
+        description="Fit every video as one Ray task into OUT/<name>/ (what `omnifast fit` "
+        "writes), then write OUT/summary.csv and OUT/summary.json. A rerun skips finished "
+        "videos and resumes the others from their checkpoints. Needs Ray: "
+        'pip install "omnifast[ray]".')
+    p.add_argument("videos", nargs="+", metavar="VIDEO",
+                   help="video files or folders, glob patterns (quoted), or .txt files "
+                        "listing one per line")
+    p.add_argument("--out", required=True, help="output root (shared by every node of a "
+                   "cluster)")
+    _add_fit_options(p)
+    p.add_argument("--address", default=None, metavar="auto|HOST:PORT",
+                   help="join a running Ray cluster (default: start a local Ray in-process)")
+    p.add_argument("--cpus-per-fit", type=float, default=1, dest="cpus_per_fit",
+                   help="CPUs each fit declares to Ray (default 1)")
+    p.add_argument("--gpus-per-fit", type=float, default=0, dest="gpus_per_fit",
+                   help="GPUs each fit declares to Ray (default 0; 0.5 puts two fits on a GPU)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="CPU threads of each fit (default: --cpus-per-fit, rounded up)")
+    p.add_argument("--max-retries", type=int, default=3, dest="max_retries",
+                   help="times a fit is restarted after its worker or node died (default 3)")
+    p.add_argument("--no-pictures", action="store_true", dest="no_pictures",
+                   help="write only tracker.pt and tracks.npz, not the videos and sheets")
+    p.set_defaults(func=cmd_fit_many)
 
     p = sub.add_parser("track", help="track query points with a fitted tracker")
     p.add_argument("dir", help="output folder of `omnifast fit` (or a tracker.pt file)")
@@ -205,10 +269,12 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns (and, as a console script, exits with) the status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    from omnifast.runtime import flush_to_zero  # noqa: PLC0415
     from omnifast.train.trainer import FitInterrupted  # noqa: PLC0415
 
     try:
-        status = args.func(args)
+        with flush_to_zero():  # subnormal floats would slow the CPU math ~5x
+            status = args.func(args)
     except FitInterrupted as exc:
         print(f"omnifast: {exc}", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -9,8 +9,10 @@ Backends:
 * ``"cuda"``: the CUDA kernels in ``omnifast._C``, CUDA tensors, CUDA builds only.
 
 The backend is chosen by ``with omnifast.backend(name):``, else ``OMNIFAST_BACKEND``, else
-``"auto"``. Automatic choice takes the first backend that can run the op on the tensors' device
-and dtype (CUDA tensors: cuda, triton, torch; CPU tensors: cpu, torch) and falls back quietly.
+``"auto"``. Automatic choice takes the first backend that can run the op on the tensors' device,
+dtype and sizes (CUDA tensors: cuda, triton, torch; CPU tensors: cpu, torch) and falls back
+quietly; an implementation's ``auto`` hook may also pass it over by policy (the Triton MLP
+kernels are taken in the tf32 and bf16 matmul modes only).
 An explicit backend that cannot run raises :class:`BackendUnavailableError` saying why.
 """
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import importlib.util
+import inspect
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -77,14 +80,28 @@ def get_backend() -> str:
 def matmul_precision(name: str) -> Iterator[None]:
     """Select the precision of the MLP matrix products inside a ``with`` block.
 
+    On CUDA, ``"tf32"`` and ``"bf16"`` make automatic dispatch pick the Triton MLP kernels (on
+    tensor cores); in ``"fp32"`` it keeps the reference, and an explicit
+    ``omnifast.backend("triton")`` runs the kernels with exact fp32 products ("ieee"), for
+    parity. The fused ops capture the
+    precision in their forward and run their backward at it; inside the block PyTorch's CUDA
+    matmuls (``torch.backends.cuda.matmul.allow_tf32``) follow it too, so a step run inside
+    one block has one precision, backward included.
+
     Args:
         name: ``"fp32"`` (default), ``"tf32"`` (TF32 tensor cores on GPUs; plain fp32 on the CPU)
             or ``"bf16"`` (bf16 operands, fp32 accumulation; coordinates stay fp32).
     """
-    token = _precision_var.set(_check_name(name, PRECISIONS, "matmul precision"))
+    name = _check_name(name, PRECISIONS, "matmul precision")
+    token = _precision_var.set(name)
+    # PyTorch's own CUDA matmuls (the reference path) follow the block too, for the whole block:
+    # a training step run inside it gets the same precision in its backward as in its forward.
+    prev_tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = name == "tf32"
     try:
         yield
     finally:
+        torch.backends.cuda.matmul.allow_tf32 = prev_tf32
         _precision_var.reset(token)
 
 
@@ -145,27 +162,51 @@ def backend_unavailable_reason(name: str, device: torch.device) -> str | None:
 class _Impl:
     fn: Callable
     supports: Callable[..., str | None] | None
+    #: whether ``supports`` takes the op's shapes as a third argument
+    wants_shapes: bool = False
+    #: ``auto(device, dtype, shapes)``: a reason to pass this implementation over in automatic
+    #: choice only (a policy, not an inability: an explicit request still runs it)
+    auto: Callable[..., str | None] | None = None
+
+
+def _takes_shapes(fn: Callable) -> bool:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 3 or any(p.kind == p.VAR_POSITIONAL for p in params)
 
 
 _REGISTRY: dict[str, dict[str, _Impl]] = {}
 
 
-def register(op: str, backend_name: str, supports: Callable[..., str | None] | None = None):
+def register(op: str, backend_name: str, supports: Callable[..., str | None] | None = None,
+             auto: Callable[..., str | None] | None = None):
     """Decorator registering ``fn`` as ``backend_name``'s implementation of ``op``.
 
-    ``supports(device, dtype)`` may return a reason string when this implementation cannot run
-    on those tensors (for example an unsupported dtype).
+    ``auto(device, dtype, shapes)``, if given, may return a reason for automatic dispatch to
+    pass this implementation over although it can run (for example a precision in which
+    another backend is the better default); it does not affect explicit requests nor
+    :func:`available_backends`.
+
+    ``supports(device, dtype)`` or ``supports(device, dtype, shapes)`` may return a reason
+    string when this implementation cannot run on those tensors (an unsupported dtype, or sizes
+    it has no kernel for); ``shapes`` is the dict of sizes the op passes to :func:`resolve`
+    (empty when it passes none).
     """
     _check_name(backend_name, BACKENDS, "backend")
 
     def deco(fn: Callable) -> Callable:
-        _REGISTRY.setdefault(op, {})[backend_name] = _Impl(fn, supports)
+        wants = supports is not None and _takes_shapes(supports)
+        _REGISTRY.setdefault(op, {})[backend_name] = _Impl(fn, supports, wants, auto)
         return fn
 
     return deco
 
 
-def _reason(op: str, name: str, device: torch.device, dtype: torch.dtype) -> str | None:
+def _reason(op: str, name: str, device: torch.device, dtype: torch.dtype,
+            shapes: dict | None = None) -> str | None:
     reason = backend_unavailable_reason(name, device)
     if reason is not None:
         return reason
@@ -173,12 +214,20 @@ def _reason(op: str, name: str, device: torch.device, dtype: torch.dtype) -> str
     if impl is None:
         return f"the '{name}' backend has no implementation of {op}"
     if impl.supports is not None:
-        reason = impl.supports(device, dtype)
+        if impl.wants_shapes:
+            reason = impl.supports(device, dtype, dict(shapes or {}))
+        else:
+            reason = impl.supports(device, dtype)
     return reason
 
 
-def resolve(op: str, device: torch.device, dtype: torch.dtype) -> tuple[str, Callable]:
-    """Pick the backend that runs ``op`` on tensors of this device and dtype.
+def resolve(op: str, device: torch.device, dtype: torch.dtype,
+            shapes: dict | None = None) -> tuple[str, Callable]:
+    """Pick the backend that runs ``op`` on tensors of this device and dtype (and sizes).
+
+    ``shapes`` (op-specific sizes, e.g. the MLP widths) is passed to the implementations'
+    ``supports`` hooks, so that a backend without a kernel for those sizes is skipped in auto
+    mode and reported when requested explicitly.
 
     Returns:
         ``(backend name, implementation)``.
@@ -189,7 +238,7 @@ def resolve(op: str, device: torch.device, dtype: torch.dtype) -> tuple[str, Cal
     device = torch.device(device)
     requested = get_backend()
     if requested != "auto":
-        reason = _reason(op, requested, device, dtype)
+        reason = _reason(op, requested, device, dtype, shapes)
         if reason is not None:
             raise BackendUnavailableError(
                 f"omnifast backend '{requested}' cannot run {op} on {device.type} {dtype}: "
@@ -198,16 +247,20 @@ def resolve(op: str, device: torch.device, dtype: torch.dtype) -> tuple[str, Cal
             )
         return requested, _REGISTRY[op][requested].fn
     for name in _AUTO_ORDER.get(device.type, ("torch",)):
-        if _reason(op, name, device, dtype) is None:
-            return name, _REGISTRY[op][name].fn
+        if _reason(op, name, device, dtype, shapes) is None:
+            impl = _REGISTRY[op][name]
+            if impl.auto is not None and impl.auto(device, dtype, dict(shapes or {})):
+                continue
+            return name, impl.fn
     raise BackendUnavailableError(f"no backend can run {op} on {device.type} {dtype}")
 
 
 def available_backends(op: str, device: torch.device | str = "cpu",
-                       dtype: torch.dtype = torch.float32) -> dict[str, str | None]:
+                       dtype: torch.dtype = torch.float32,
+                       shapes: dict | None = None) -> dict[str, str | None]:
     """For each backend, ``None`` if it can run ``op`` here, else the reason it cannot."""
     device = torch.device(device)
-    return {name: _reason(op, name, device, dtype) for name in BACKENDS}
+    return {name: _reason(op, name, device, dtype, shapes) for name in BACKENDS}
 
 
 def registered_ops() -> list[str]:

@@ -22,6 +22,7 @@ from omnifast import ops
 from omnifast.model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from omnifast.model.geometry import project, sample_depths, unproject
 from omnifast.model.omnimotion import OmniMotion
+from omnifast.runtime import flushes_subnormals
 
 # the composite op's module (not the function of the same name): its fused argmax and
 # occlusion-score ops are used when present
@@ -170,6 +171,7 @@ class Tracker:
         return q
 
     @torch.no_grad()
+    @flushes_subnormals
     def track(self, query_points, *, chunk_size: int | None = None,
               frames: Sequence[int] | None = None, with_occlusion: bool = True
               ) -> tuple[np.ndarray, np.ndarray]:
@@ -289,6 +291,7 @@ class Tracker:
         wt = -F.max_pool2d(F.pad(-wt, (1, 1, 1, 1), mode="replicate"), 3, 1)
         return wt.reshape(n, t_count, num_pix).numpy()
 
+    @flushes_subnormals
     def track_refined(self, query_points, video, *, chunk_size: int | None = None,
                       boundary_weights: bool = False, **refine_kw
                       ) -> tuple[np.ndarray, np.ndarray]:

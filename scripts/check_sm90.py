@@ -6,9 +6,11 @@
 * CUDA: every ``csrc/**/*.cu`` is compiled with ``nvcc -arch=sm_90`` against the torch headers
   (with a one-line shim for the generated CUDA macros header the CPU wheel lacks).
 
-Per kernel it prints registers, shared memory, local memory (spills), and whether the PTX of a
-matrix kernel contains tensor-core instructions (``wgmma`` or ``mma``). Exits non-zero on any
-compile error, on spills, or on a matrix kernel without tensor-core instructions.
+Per kernel it prints registers, shared memory, local memory (spills), compile time and whether
+the PTX of a matrix kernel contains tensor-core instructions (``wgmma`` or ``mma``). Exits
+non-zero on any compile error, on spills, on more shared memory than an H100 block may have
+(227 KB), on a matrix kernel without Hopper's ``wgmma`` instructions, or on a kernel that takes
+more than a minute to compile (a sign of fully unrolled layer loops).
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from concurrent.futures import ProcessPoolExecutor
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: the most shared memory one block may use on an H100 (227 KB)
 H100_SMEM_PER_BLOCK = 232_448
+#: the longest one kernel may take to compile (seconds)
+MAX_COMPILE_SECONDS = 60.0
 
 
 def _cuobjdump() -> str | None:
@@ -128,8 +132,12 @@ def check_triton(verbose: bool, modules: list[str] | None = None) -> list[str]:
         if r["smem"] > H100_SMEM_PER_BLOCK:
             failures.append(f"{r['name']}: needs {r['smem']} B of shared memory, above the "
                             f"H100's {H100_SMEM_PER_BLOCK} B per block")
-        if r["expect_tc"] and r["tc"] == "none":
-            failures.append(f"{r['name']}: no wgmma/mma instructions in a matrix kernel")
+        if r["expect_tc"] and r["tc"] != "wgmma":
+            failures.append(f"{r['name']}: a matrix kernel without wgmma instructions "
+                            f"(found: {r['tc']})")
+        if r["seconds"] > MAX_COMPILE_SECONDS:
+            failures.append(f"{r['name']}: took {r['seconds']:.0f} s to compile (limit "
+                            f"{MAX_COMPILE_SECONDS:.0f} s)")
     return failures
 
 

@@ -11,6 +11,7 @@ import math
 import pytest
 import torch
 from conftest import assert_close, saved_bytes_per_point
+from kinks import assert_parity, kink_pre_activations, with_edited_kink
 
 import omnifast
 from omnifast import ops
@@ -62,6 +63,16 @@ def _names(ws):
     return (["x", "t"] + [f"w{i}" for i in range(len(ws))] + [f"b{i}" for i in range(len(ws))])
 
 
+def fused_affine(x, t, ws, bs, n_freq, inverse):
+    return run("cpu", x, t, ws, bs, inverse, n_freq)
+
+
+def assert_matches_reference(op, x, t, ws, bs, inverse, what=""):
+    """Values and gradients against the reference, by the kink-aware rule of tests/kinks.py."""
+    return assert_parity(op, affine_ref, (x, t, ws, bs, N_FREQ, inverse), [x, t, *ws, *bs],
+                         _names(ws), num_points=x.shape[0], what=what)
+
+
 @pytest.mark.parametrize("keep", [0, 1, 4, 9])
 @pytest.mark.parametrize("inverse", [False, True], ids=["fwd", "inv"])
 @pytest.mark.parametrize("M", [1, 257, 1100])
@@ -71,16 +82,7 @@ def test_values_and_gradients_match_reference(monkeypatch, keep, inverse, M):
     _keep(monkeypatch, keep)
     ws, bs = make_weights(dtype=torch.float32)
     x, t = make_inputs(M)
-    leaves = [x, t, *ws, *bs]
-    y_ref = affine_ref(x, t, ws, bs, N_FREQ, inverse)
-    y = run("cpu", x, t, ws, bs, inverse)
-    assert_close(y, y_ref, rtol=1e-5, atol=2e-5, name=f"keep {keep} y")
-    dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(7))
-    g_ref = torch.autograd.grad(y_ref, leaves, dy)
-    g = torch.autograd.grad(y, leaves, dy)
-    for name, a, e in zip(_names(ws), g, g_ref):
-        scale = e.abs().max().item() + 1e-6
-        assert_close(a, e, rtol=1e-4, atol=2e-5 * scale, name=f"keep {keep} d{name}")
+    assert_matches_reference(fused_affine, x, t, ws, bs, inverse, what=f"keep {keep}")
 
 
 def test_two_layers_no_hidden_product():
@@ -88,14 +90,53 @@ def test_two_layers_no_hidden_product():
     ws, bs = make_weights(n_layers=2, dtype=torch.float32, seed=2)
     assert len(ws) == 2
     x, t = make_inputs(100, seed=3)
-    y_ref = affine_ref(x, t, ws, bs, N_FREQ, False)
-    y = run("cpu", x, t, ws, bs, False)
-    assert_close(y, y_ref, rtol=1e-5, atol=2e-5, name="y")
-    dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(4))
-    leaves = [x, t, *ws, *bs]
-    for name, a, e in zip(_names(ws), torch.autograd.grad(y, leaves, dy),
-                          torch.autograd.grad(y_ref, leaves, dy)):
-        assert_close(a, e, rtol=1e-4, atol=2e-5 * (e.abs().max().item() + 1e-6), name=name)
+    assert_matches_reference(fused_affine, x, t, ws, bs, False)
+
+
+@pytest.mark.parametrize("inverse", [False, True], ids=["fwd", "inv"])
+def test_kink_rule_passes_either_side_of_a_kink(inverse):
+    """A ReLU pre-activation within 1e-7 of the kink: taking the slope-1 side and the slope-0
+    side both pass, and so does the fused kernel, although the two sides' gradients differ far
+    beyond any rounding tolerance."""
+    ws, bs = make_weights(dtype=torch.float32, seed=14)
+    x, t = make_inputs(200, seed=15)
+    point, unit, call = 23, 7, 2  # the third hidden layer's ReLU
+    pre = kink_pre_activations(affine_ref, (x, t, ws, bs, N_FREQ, inverse))[call][point, unit]
+    bs = [b.detach().clone() for b in bs]
+    bs[call][unit] -= pre.item()
+    bs = [b.requires_grad_() for b in bs]
+    pre = kink_pre_activations(affine_ref, (x, t, ws, bs, N_FREQ, inverse))[call][point, unit]
+    assert abs(pre.item()) < 1e-7, pre.item()
+    sides = {}
+    for slope in (1.0, 0.0):
+        def edit(pre, out, slope=slope):
+            forced = out.clone()
+            forced[point, unit] = pre[point, unit] * slope
+            return forced
+
+        op = with_edited_kink(affine_ref, call, edit)
+        near = assert_matches_reference(op, x, t, ws, bs, inverse, what=f"slope {slope}")
+        assert near[point], "the point on the kink was not left out"
+        y = op(x, t, ws, bs, N_FREQ, inverse)
+        sides[slope] = torch.autograd.grad(y, x, torch.ones_like(y))[0][point]
+    assert (sides[1.0] - sides[0.0]).abs().max() > 1e-3, "the two sides do not differ"
+    assert_matches_reference(fused_affine, x, t, ws, bs, inverse, what="cpu")
+
+
+@pytest.mark.parametrize("inverse", [False, True], ids=["fwd", "inv"])
+def test_kink_rule_fails_a_wrong_slope(inverse):
+    """One hidden unit whose ReLU leaks (slope 0.05 below the kink) fails the rule."""
+    ws, bs = make_weights(dtype=torch.float32)
+    x, t = make_inputs(1100)
+    unit = 4
+
+    def edit(pre, out):
+        wrong = out.clone()
+        wrong[:, unit] = torch.where(pre[:, unit] > 0, pre[:, unit], pre[:, unit] * 0.05)
+        return wrong
+
+    with pytest.raises(AssertionError, match="error"):
+        assert_matches_reference(with_edited_kink(affine_ref, 1, edit), x, t, ws, bs, inverse)
 
 
 def test_forward_then_inverse_is_identity():
@@ -182,7 +223,7 @@ def test_auto_dispatch_prefers_fused_cpu_and_falls_back():
         resolve("affine", torch.device("cpu"), torch.float16)
 
 
-def test_model_uses_fused_affine():
+def test_model_uses_fused_affine(monkeypatch):
     from omnifast.config import ModelConfig
     from omnifast.model.nvp import InvertibleMap
 
@@ -190,32 +231,30 @@ def test_model_uses_fused_affine():
     cfg = ModelConfig(code_dim=16, coupling_hidden=(32, 32), proj_dim=32, use_affine=True,
                       affine_hidden=32, affine_layers=4)
     net = InvertibleMap(cfg, coords=(1, 0, 2, 1, 0, 2))
-    x = torch.rand(300, 3) * 2 - 1
+    x = (torch.rand(300, 3) * 2 - 1).requires_grad_()
     fi = torch.randint(0, 3, (300,))
     psi, t = torch.randn(3, 16), torch.rand(3)
-    dy = torch.randn(300, 3)
-    out = {}
-    for backend in ("torch", "auto"):
-        net.zero_grad()
-        with omnifast.backend(backend):
-            y = net(x, fi, psi, t, inverse=True)
-        y.backward(dy)
-        out[backend] = (y.detach(), net.affine_mlp.hidden[1][0].weight.grad.clone())
+    names, weights = zip(*net.named_parameters())
+
+    def model(backend):
+        def inverse(x, fi, psi, t, *weights):
+            with omnifast.backend(backend):
+                return torch.func.functional_call(net, dict(zip(names, weights)),
+                                                  (x, fi, psi, t), {"inverse": True})
+
+        return inverse
+
     calls = []
-    orig = ops_bijection.AffineFunction.apply
+    fused_apply = ops_bijection.AffineFunction.apply
 
     def spy(*args):
         calls.append(1)
-        return orig(*args)
+        return fused_apply(*args)
 
-    ops_bijection.AffineFunction.apply = spy
-    try:
-        net(x, fi, psi, t)
-    finally:
-        ops_bijection.AffineFunction.apply = orig
+    monkeypatch.setattr(ops_bijection.AffineFunction, "apply", spy)
+    assert_parity(model("auto"), model("torch"), (x, fi, psi, t, *weights), [x, *weights],
+                  ["x", *names], num_points=300, what="InvertibleMap")
     assert calls, "the automatic backend did not run the fused affine pre-layer"
-    assert_close(out["auto"][0], out["torch"][0], rtol=1e-5, atol=1e-5, name="InvertibleMap")
-    assert_close(out["auto"][1], out["torch"][1], rtol=1e-4, atol=1e-5, name="dW_1")
 
 
 def test_affine_save_hidden_env_parsing():

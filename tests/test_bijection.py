@@ -11,6 +11,7 @@ import math
 import pytest
 import torch
 from conftest import assert_close, saved_bytes_per_point
+from kinks import assert_parity, kink_pre_activations, with_edited_kink
 
 import omnifast
 from omnifast import ops
@@ -23,7 +24,8 @@ N_FREQ = 4
 
 
 def _unavailable(name: str) -> str | None:
-    return available_backends("coupling_stack", "cpu", torch.float32)[name]
+    on_gpu = name == "triton" and torch.cuda.is_available()  # see run()
+    return available_backends("coupling_stack", "cuda" if on_gpu else "cpu", torch.float32)[name]
 
 
 def _backend_param(name: str):
@@ -74,8 +76,31 @@ LEAF_NAMES = ["x", "codes", "proj_w", "proj_b", "w_in", "b_in", "w_hidden0", "w_
 
 
 def run(backend, x, frame_idx, codes, params, inverse, coords=COORDS, n_freq=N_FREQ):
+    on_gpu = backend == "triton" and torch.cuda.is_available()  # Triton on CUDA copies
+    if on_gpu:
+        x, frame_idx, codes = x.cuda(), frame_idx.cuda(), codes.cuda()
+        params = CouplingParams(*[tuple(t.cuda() for t in v) if isinstance(v, tuple)
+                                  else v.cuda() for v in params])
     with omnifast.backend(backend):
-        return ops.coupling_stack(x, frame_idx, codes, params, coords, n_freq, inverse=inverse)
+        y = ops.coupling_stack(x, frame_idx, codes, params, coords, n_freq, inverse=inverse)
+    return y.cpu() if on_gpu else y
+
+
+def fused_op(backend):
+    """The fused coupling stack as ``op(x, frame_idx, codes, params, coords, n_freq, inverse)``."""
+
+    def op(x, frame_idx, codes, params, coords, n_freq, inverse):
+        return run(backend, x, frame_idx, codes, params, inverse, coords, n_freq)
+
+    return op
+
+
+def assert_matches_reference(op, x, frame_idx, codes, params, inverse, what=""):
+    """Values and gradients against the reference, by the kink-aware rule of tests/kinks.py."""
+    return assert_parity(op, coupling_stack_ref,
+                         (x, frame_idx, codes, params, COORDS, N_FREQ, inverse),
+                         leaves(x, codes, params), LEAF_NAMES, num_points=x.shape[0],
+                         what=what)
 
 
 @pytest.mark.parametrize("backend", FUSED)
@@ -86,15 +111,90 @@ def test_values_and_gradients_match_reference(backend, inverse, M, F):
         M = 300  # each interpreted program costs ~1 ms per layer
     params = make_params()
     x, frame_idx, codes = make_inputs(M, F, params)
-    y_ref = coupling_stack_ref(x, frame_idx, codes, params, COORDS, N_FREQ, inverse)
-    y = run(backend, x, frame_idx, codes, params, inverse)
-    assert_close(y, y_ref, rtol=1e-5, atol=2e-5, name=f"{backend} y")
-    dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(7))
-    g_ref = torch.autograd.grad(y_ref, leaves(x, codes, params), dy)
-    g = torch.autograd.grad(y, leaves(x, codes, params), dy)
-    for name, a, e in zip(LEAF_NAMES, g, g_ref):
-        scale = e.abs().max().item() + 1e-6
-        assert_close(a, e, rtol=1e-4, atol=2e-5 * scale, name=f"{backend} d{name}")
+    assert_matches_reference(fused_op(backend), x, frame_idx, codes, params, inverse,
+                             what=backend)
+
+
+# The kink rule itself. Kink ops of one layer, in call order: projection, first hidden layer,
+# len(w_hidden) extra hidden layers, the clamp of s.
+KINKS_PER_LAYER = 5
+
+
+def _first_hidden_call(layer, inverse, num_layers=6):
+    position = num_layers - 1 - layer if inverse else layer
+    return position * KINKS_PER_LAYER + 1
+
+
+def _on_kink(params, x, frame_idx, codes, point, unit, inverse):
+    """``params`` with layer 0's first-hidden-layer bias moved so that ``point``'s pre-activation
+    of ``unit`` is within 1e-7 of the kink in fp64 (layer 0 is the last one the inverse
+    applies, as in the case first seen on an Intel CPU)."""
+    call = _first_hidden_call(0, inverse)
+    args = (x, frame_idx, codes, params, COORDS, N_FREQ, inverse)
+    pre = kink_pre_activations(coupling_stack_ref, args)[call][point, unit]
+    b_in = params.b_in.detach().clone()
+    b_in[0, unit] -= pre.item()
+    moved = params._replace(b_in=b_in.requires_grad_())
+    args = (x, frame_idx, codes, moved, COORDS, N_FREQ, inverse)
+    pre = kink_pre_activations(coupling_stack_ref, args)[call][point, unit].item()
+    assert abs(pre) < 1e-7, pre
+    return moved, call
+
+
+def _force_side(call_point_unit, slope):
+    """A stack that evaluates one unit of one point with the given slope (one side of the kink,
+    whatever side its rounding gives)."""
+    _, point, unit = call_point_unit
+
+    def edit(pre, out):
+        forced = out.clone()
+        forced[point, unit] = pre[point, unit] * slope
+        return forced
+
+    return edit
+
+
+@pytest.mark.parametrize("inverse", [False, True], ids=["fwd", "inv"])
+def test_kink_rule_passes_either_side_of_a_kink(inverse):
+    """A pre-activation within 1e-7 of the kink: a stack that takes the slope-1 side and one that
+    takes the slope-0.01 side both pass, and so do the fused kernels, although the two sides'
+    gradients differ far beyond any rounding tolerance."""
+    params = make_params(seed=41)
+    x, frame_idx, codes = make_inputs(200, 3, params, seed=42)
+    point, unit = 17, 5
+    params, call = _on_kink(params, x, frame_idx, codes, point, unit, inverse)
+    sides = {}
+    for slope in (1.0, 0.01):
+        op = with_edited_kink(coupling_stack_ref, call, _force_side((call, point, unit), slope))
+        near = assert_matches_reference(op, x, frame_idx, codes, params, inverse,
+                                        what=f"slope {slope}")
+        assert near[point], "the point on the kink was not left out"
+        y = op(x, frame_idx, codes, params, COORDS, N_FREQ, inverse)
+        sides[slope] = torch.autograd.grad(y, x, torch.ones_like(y))[0][point]
+    assert (sides[1.0] - sides[0.01]).abs().max() > 1e-2, "the two sides do not differ"
+    for backend in ("cpu", "triton"):
+        if _unavailable(backend) is None:
+            assert_matches_reference(fused_op(backend), x, frame_idx, codes, params, inverse,
+                                     what=backend)
+
+
+@pytest.mark.parametrize("inverse", [False, True], ids=["fwd", "inv"])
+@pytest.mark.parametrize("negative_slope", [0.02, 0.0125])
+def test_kink_rule_fails_a_wrong_slope(inverse, negative_slope):
+    """One hidden unit of one layer with the wrong negative slope fails the rule."""
+    params = make_params()
+    x, frame_idx, codes = make_inputs(1000, 5, params)
+    unit = 3
+
+    def edit(pre, out):
+        wrong = out.clone()
+        wrong[:, unit] = torch.where(pre[:, unit] > 0, pre[:, unit],
+                                     pre[:, unit] * negative_slope)
+        return wrong
+
+    op = with_edited_kink(coupling_stack_ref, _first_hidden_call(2, inverse) + 1, edit)
+    with pytest.raises(AssertionError, match="error"):
+        assert_matches_reference(op, x, frame_idx, codes, params, inverse)
 
 
 @pytest.mark.parametrize("backend", FUSED)
@@ -201,7 +301,7 @@ def test_auto_dispatch_prefers_fused_cpu_and_falls_back():
         resolve("coupling_stack", torch.device("cpu"), torch.float16)
 
 
-def test_model_bijection_uses_fused_path():
+def test_model_bijection_uses_fused_path(monkeypatch):
     if _unavailable("cpu"):
         pytest.skip(_unavailable("cpu"))
     from omnifast.config import ModelConfig
@@ -210,19 +310,29 @@ def test_model_bijection_uses_fused_path():
     torch.manual_seed(0)
     cfg = ModelConfig(code_dim=16, coupling_hidden=(32, 32, 32), proj_dim=32, use_affine=False)
     net = InvertibleMap(cfg, coords=COORDS)
-    x = torch.rand(100, 3) * 2 - 1
+    x = (torch.rand(100, 3) * 2 - 1).requires_grad_()
     fi = torch.randint(0, 3, (100,))
     psi, t = torch.randn(3, 16), torch.rand(3)
-    with omnifast.backend("torch"):
-        ref = net(x, fi, psi, t)
-        ref.square().sum().backward()
-    g_ref = net.layers1[2].map_st[0].mlp[0].weight.grad.clone()
-    net.zero_grad()
-    out = net(x, fi, psi, t)  # auto: the fused CPU kernels
-    out.square().sum().backward()
-    assert_close(out, ref, rtol=1e-5, atol=1e-5, name="InvertibleMap")
-    assert_close(net.layers1[2].map_st[0].mlp[0].weight.grad, g_ref, rtol=1e-4, atol=1e-5,
-                 name="InvertibleMap dW_in")
+    names, weights = zip(*net.named_parameters())
+    calls = []
+
+    def model(backend):
+        def forward(x, fi, psi, t, *weights):
+            with omnifast.backend(backend):
+                return torch.func.functional_call(net, dict(zip(names, weights)), (x, fi, psi, t))
+
+        return forward
+
+    fused_apply = ops_bijection.CouplingStackFunction.apply
+
+    def spy(*args):
+        calls.append(1)
+        return fused_apply(*args)
+
+    monkeypatch.setattr(ops_bijection.CouplingStackFunction, "apply", spy)
+    assert_parity(model("auto"), model("torch"), (x, fi, psi, t, *weights), [x, *weights],
+                  ["x", *names], num_points=100, what="InvertibleMap")
+    assert calls, "the automatic backend did not run the fused coupling stack"
 
 
 def _save_hidden(monkeypatch, k):
@@ -240,16 +350,8 @@ def test_cpu_saved_hidden_matches_reference(monkeypatch, keep, inverse):
     params = make_params(seed=21)
     # 1100 points: two full tiles of 512 and a partial one
     x, frame_idx, codes = make_inputs(1100, 5, params, seed=22)
-    lv = leaves(x, codes, params)
-    y_ref = coupling_stack_ref(x, frame_idx, codes, params, COORDS, N_FREQ, inverse)
-    y = run("cpu", x, frame_idx, codes, params, inverse)
-    assert_close(y, y_ref, rtol=1e-5, atol=2e-5, name=f"keep {keep} y")
-    dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(23))
-    g_ref = torch.autograd.grad(y_ref, lv, dy)
-    g = torch.autograd.grad(y, lv, dy)
-    for name, a, e in zip(LEAF_NAMES, g, g_ref):
-        scale = e.abs().max().item() + 1e-6
-        assert_close(a, e, rtol=1e-4, atol=2e-5 * scale, name=f"keep {keep} d{name}")
+    assert_matches_reference(fused_op("cpu"), x, frame_idx, codes, params, inverse,
+                             what=f"keep {keep}")
 
 
 @pytest.mark.parametrize("keep", [1, 3])

@@ -16,6 +16,7 @@ import torch
 
 import omnifast
 from omnifast.cli import main
+from omnifast.cpuinfo import cpu_flags, cpu_model, cpu_report, math_library_isas, parse_verbose
 
 T, H, W = 4, 32, 40
 
@@ -303,3 +304,34 @@ def test_demo_helpers():
 def test_public_api_exports():
     assert callable(omnifast.fit) and callable(omnifast.load_tracker)
     assert omnifast.Tracker.__name__ == "Tracker" and callable(omnifast.load_video)
+
+
+def test_info_names_the_cpu_and_the_math_libraries_code_paths(capsys):
+    code, stdout, _ = run_cli(["info"], capsys)
+    assert code == 0
+    assert f"cpu: {cpu_model()}" in stdout
+    for lib in ("aten", "onemkl", "onednn"):
+        assert f"{lib} code path: " in stdout
+
+
+def test_restricted_onednn_isa_is_reported(monkeypatch):
+    if "avx2" not in cpu_flags():
+        pytest.skip("the CPU has no AVX2")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert "AVX2" in math_library_isas()["onednn"]
+    assert any("ONEDNN_MAX_CPU_ISA=AVX2" in line for line in cpu_report())
+
+
+def test_parse_verbose_lines_of_both_vendors():
+    intel = ("MKL_VERBOSE oneMKL 2024.0 Update 2 Product build 20240605 for Intel(R) 64 "
+             "architecture Intel(R) Advanced Vector Extensions 512 (Intel(R) AVX-512) with "
+             "support of Intel(R) Deep Learning Boost (Intel(R) DL Boost), EVEX-encoded AES and "
+             "Intel(R) Advanced Matrix Extensions (Intel(R) AMX) with INT8 and bfloat16, Lnx "
+             "2.00GHz lp64 gnu_thread\n"
+             "onednn_verbose,v1,info,cpu,isa:Intel AVX-512 with float16, Intel DL Boost and "
+             "bfloat16 support and Intel AMX with bfloat16 and 8-bit integer support\n")
+    parsed = parse_verbose(intel)
+    assert parsed["onemkl"].startswith("2024.0 Update 2")
+    assert "Intel(R) Advanced Vector Extensions 512" in parsed["onemkl"]
+    assert parsed["onednn"].endswith("8-bit integer support")
+    assert parse_verbose("")["onednn"].startswith("unknown")

@@ -8,4 +8,5 @@ namespace omnifast {
 void bind_composite(pybind11::module_& m);
 void bind_bijection(pybind11::module_& m);
 void bind_gabor(pybind11::module_& m);
+void bind_runtime(pybind11::module_& m);
 }  // namespace omnifast

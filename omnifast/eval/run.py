@@ -17,6 +17,7 @@ import numpy as np
 
 from omnifast.eval.baselines import BASELINES
 from omnifast.eval.metrics import THRESHOLDS, evaluate_tracks
+from omnifast.runtime import flushes_subnormals
 
 METHOD_OMNIFAST = "omnifast"
 #: omnifast's tracks after the appearance refinement (:mod:`omnifast.refine`)
@@ -380,6 +381,7 @@ def score_tracks(clip: EvalClip, tracks: np.ndarray, occluded: np.ndarray) -> di
     return res
 
 
+@flushes_subnormals
 def evaluate_clip(clip: EvalClip, *, fit_fn: Callable | None = None, preset: str = "cpu",
                   iters: int | None = None, seed: int = 0, out_dir: Path | None = None,
                   load: Path | None = None, baselines: Sequence[str] = tuple(BASELINES),
@@ -452,6 +454,7 @@ def evaluate_clip(clip: EvalClip, *, fit_fn: Callable | None = None, preset: str
     return results, preds
 
 
+@flushes_subnormals
 def run_eval(clips: Sequence[EvalClip], out_dir: str | os.PathLike, *, preset: str = "cpu",
              iters: int | None = None, seed: int = 0, fit_fn: Callable | None = None,
              load: str | os.PathLike | None = None, baselines: Sequence[str] = tuple(BASELINES),

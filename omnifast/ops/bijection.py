@@ -4,23 +4,29 @@ Fused backends of ``coupling_stack`` (the reference is the ``"torch"`` backend):
 
 * ``"cpu"``: C++/OpenMP kernels in ``omnifast._C`` (csrc/bijection/), fp32 and fp64, plus a bf16
   matmul mode (``omnifast.matmul_precision("bf16")``, fp32 inputs).
-* ``"triton"``: kernels/bijection.py, CUDA tensors (or CPU tensors under ``TRITON_INTERPRET=1``).
+* ``"triton"``: kernels/bijection.py on tensor cores (custom ops in
+  :mod:`omnifast.ops.triton_mlp`), CUDA tensors (or CPU tensors under ``TRITON_INTERPRET=1``),
+  widths that are multiples of 16 up to 512 (the dispatch sees the widths).
 
 Both take the same exact shortcut (spec 6.5): the code columns of each layer's first linear
 multiply a per-frame constant, so ``frame_bias[f, l] = w_in[l, :, :C] @ codes[f, l] + b_in[l]``
 is computed once per frame here, in PyTorch (autograd carries its gradient to the codes and
 weights), and the kernels only see the non-code columns ``w_in[:, :, C:]``. The ``[M, C + P]``
 concatenation and the per-point code copies of the reference never exist. For backward the
-kernels keep each layer's input coordinates ``[L, M, 3]`` and recompute the hidden activations
-from them; the CPU kernels can also keep the top hidden activations of every layer
-(:data:`CPU_SAVE_HIDDEN`), which removes that many ``H x H`` products from the recompute.
+CPU kernels keep each layer's input coordinates ``[L, M, 3]`` and recompute the hidden
+activations from them, or keep the top hidden activations of every layer
+(:data:`CPU_SAVE_HIDDEN`), which removes that many ``H x H`` products from the recompute; the
+Triton kernels keep every layer's activations (bf16 in the bf16 mode) and recompute nothing
+(docs/design.md, "Tensor-core MLP kernels", says why).
 The frame bias is computed in fp32 even in the bf16 mode (the reference rounds the code term's
 operands to bf16 like every other product): a deliberate, more precise difference of a few
 thousand MACs per frame.
 
-Fused backend of ``affine`` (the pre-layer): ``"cpu"``, C++/OpenMP (csrc/bijection/affine_cpu.cpp),
-fp32 and fp64 plus the same bf16 matmul mode. Per tile of points it runs the depth/time MLP with
-its activations in cache and applies the 2-D map; for backward it keeps nothing per point but
+Fused backends of ``affine`` (the pre-layer): ``"triton"`` (kernels/affine.py, tensor cores, as
+the coupling stack's) and ``"cpu"``, C++/OpenMP (csrc/bijection/affine_cpu.cpp),
+fp32 and fp64 plus the same bf16 matmul mode. Per tile of points the CPU kernel runs the
+depth/time MLP with its activations in cache and applies the 2-D map; for backward it keeps
+nothing per point but
 the top :data:`CPU_AFFINE_SAVE_HIDDEN` hidden activations and recomputes the rest from x and t
 (the reference keeps every layer's 256-wide input).
 """
@@ -33,6 +39,7 @@ import torch
 
 from omnifast._ext import load_extension
 from omnifast.dispatch import get_matmul_precision, register, resolve
+from omnifast.ops.triton_mlp import auto_precision_reason
 from omnifast.reference.bijection import CouplingParams, affine_ref, coupling_stack_ref
 
 register("coupling_stack", "torch")(coupling_stack_ref)
@@ -270,7 +277,7 @@ def coupling_stack(x: torch.Tensor, frame_idx: torch.Tensor, codes: torch.Tensor
     if codes.dim() != 3 or codes.shape[1] != L or codes.shape[2] != params.code_dim:
         raise ValueError(f"coupling_stack: codes must be [F, {L}, {params.code_dim}], got "
                          f"{tuple(codes.shape)}")
-    _, fn = resolve("coupling_stack", x.device, x.dtype)
+    _, fn = resolve("coupling_stack", x.device, x.dtype, _coupling_shapes(params))
     return fn(x, frame_idx, codes, params, tuple(coords), n_freq, inverse)
 
 
@@ -291,81 +298,91 @@ def affine(x: torch.Tensor, t: torch.Tensor, weights: list[torch.Tensor],
     if x.dim() != 2 or x.shape[-1] != 3 or t.shape != x.shape[:1]:
         raise ValueError(f"affine: x must be [M, 3] and t [M]; got {tuple(x.shape)} and "
                          f"{tuple(t.shape)}")
-    _, fn = resolve("affine", x.device, x.dtype)
+    shapes = dict(n_layers=len(weights), H=weights[0].shape[0] if weights else 0,
+                  n_freq=int(n_freq))
+    _, fn = resolve("affine", x.device, x.dtype, shapes)
     return fn(x, t, weights, biases, n_freq, inverse)
 
 
-class TritonCouplingStackFunction(torch.autograd.Function):
-    """Autograd wrapper of the Triton coupling stack (saves ``[L, M, 3]`` coordinates only)."""
-
-    @staticmethod
-    def forward(ctx, x, frame_idx, coords_t, fbias, proj_w, proj_b, w_in_h, w_hid, b_hid,
-                w_out, b_out, n_freq, inverse, precision):
-        from omnifast.kernels import bijection as kb  # noqa: PLC0415 (imports triton)
-
-        ws = [fbias, proj_w, proj_b, w_in_h, w_hid, b_hid, w_out, b_out]
-        save = any(ctx.needs_input_grad[i] for i in (0, *range(3, 11)))
-        y, saved = kb.coupling_stack_fwd(x, frame_idx, coords_t, ws, n_freq, inverse, save,
-                                         precision)
-        ctx.save_for_backward(saved if save else None, frame_idx, coords_t, *ws)
-        ctx.cfg = (n_freq, inverse, precision)
-        return y
-
-    @staticmethod
-    def backward(ctx, dy):
-        from omnifast.kernels import bijection as kb  # noqa: PLC0415
-
-        saved, frame_idx, coords_t, *ws = ctx.saved_tensors
-        n_freq, inverse, precision = ctx.cfg
-        dx, *grads = kb.coupling_stack_bwd(dy.contiguous(), saved, frame_idx, coords_t, ws,
-                                           n_freq, inverse, precision)
-        return (dx, None, None, *grads, None, None, None)
+def _coupling_shapes(params: CouplingParams) -> dict:
+    """The sizes the backends' ``supports`` hooks look at."""
+    L, P, E = params.proj_w.shape
+    return dict(L=L, E=E, P=P, H=params.w_in.shape[1], n_hidden=len(params.w_hidden))
 
 
-def _supports_triton(device: torch.device, dtype: torch.dtype) -> str | None:
+def _supports_triton(device: torch.device, dtype: torch.dtype, shapes: dict) -> str | None:
     if dtype != torch.float32:
         return f"the Triton coupling stack runs float32 points, got {dtype}"
+    if shapes:
+        from omnifast.kernels.bijection import unsupported_reason  # noqa: PLC0415
+
+        return unsupported_reason(shapes["L"], shapes["E"], shapes["P"], shapes["H"],
+                                  shapes["n_hidden"])
     return None
 
 
-_COORDS: dict[tuple, torch.Tensor] = {}
+def _needs_grad(*tensors: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
-def _coords_tensor(coords: tuple[int, ...], device: torch.device) -> torch.Tensor:
-    """The layers' coordinates as an int32 device tensor, uploaded once per (coords, device):
-    an upload per call would block the host and cannot be captured in a CUDA graph."""
-    key = (coords, device)
-    t = _COORDS.get(key)
-    if t is None:
-        t = _COORDS[key] = torch.tensor(coords, dtype=torch.int32, device=device)
-    return t
-
-
-@register("coupling_stack", "triton", supports=_supports_triton)
+@register("coupling_stack", "triton", supports=_supports_triton, auto=auto_precision_reason)
 def coupling_stack_triton(x: torch.Tensor, frame_idx: torch.Tensor, codes: torch.Tensor,
                           params: CouplingParams, coords: tuple[int, ...], n_freq: int,
                           inverse: bool = False) -> torch.Tensor:
-    """The fused Triton coupling stack (same contract as :func:`coupling_stack_ref`).
+    """The Triton coupling stack on tensor cores (same contract as :func:`coupling_stack_ref`).
 
-    Widths the kernels cannot take (P or H not a power of two >= 16, more than two extra hidden
-    layers) fall back to the reference under automatic dispatch and raise when the Triton
-    backend was requested explicitly.
+    Runs the custom op ``omnifast::coupling_stack_fwd`` (backward ``omnifast::coupling_stack_bwd``)
+    at the active matmul precision: ``"fp32"`` exact fp32 products ("ieee"), ``"tf32"`` TF32
+    and ``"bf16"`` bf16 operands (fp32 accumulation; activations kept in bf16). The widths must
+    pass :func:`omnifast.kernels.bijection.unsupported_reason`; the dispatch checks that before
+    choosing this backend.
     """
-    from omnifast.dispatch import BackendUnavailableError, get_backend  # noqa: PLC0415
-    from omnifast.kernels import bijection as kb  # noqa: PLC0415
+    from omnifast.ops.triton_mlp import coupling_stack_fwd_op  # noqa: PLC0415
 
     L = params.num_layers
     if len(coords) != L:
         raise ValueError(f"coords has {len(coords)} entries for {L} layers")
-    reason = kb.unsupported_reason(L, params.proj_w.shape[2], params.proj_w.shape[1],
-                                   params.w_in.shape[1], len(params.w_hidden))
-    if reason is not None:
-        if get_backend() == "triton":
-            raise BackendUnavailableError(reason)
-        return coupling_stack_ref(x, frame_idx, codes, params, coords, n_freq, inverse)
     fb = frame_bias(codes.to(x.dtype), params).to(x.dtype).contiguous()
     ws = _stacked(params, x.dtype)
-    coords_t = _coords_tensor(tuple(int(c) for c in coords), x.device)
-    return TritonCouplingStackFunction.apply(
-        x.contiguous(), frame_idx.to(torch.int64).contiguous(), coords_t, fb, *ws, int(n_freq),
-        bool(inverse), get_matmul_precision())
+    save = _needs_grad(x, fb, *ws)
+    y, *_ = coupling_stack_fwd_op(x.contiguous(), frame_idx.to(torch.int64).contiguous(), fb,
+                                  *ws, [int(c) for c in coords], int(n_freq), bool(inverse),
+                                  get_matmul_precision(), save)
+    return y
+
+
+def _supports_triton_affine(device: torch.device, dtype: torch.dtype, shapes: dict
+                            ) -> str | None:
+    if dtype != torch.float32:
+        return f"the Triton affine pre-layer runs float32 points, got {dtype}"
+    if shapes:
+        from omnifast.kernels.affine import unsupported_reason  # noqa: PLC0415
+
+        return unsupported_reason(shapes["n_layers"], shapes["H"], shapes["n_freq"])
+    return None
+
+
+@register("affine", "triton", supports=_supports_triton_affine,
+          auto=auto_precision_reason)
+def affine_triton(x: torch.Tensor, t: torch.Tensor, weights: list[torch.Tensor],
+                  biases: list[torch.Tensor], n_freq: int, inverse: bool = False) -> torch.Tensor:
+    """The Triton affine pre-layer on tensor cores (same contract as :func:`affine_ref`).
+
+    Runs the custom op ``omnifast::affine_fwd`` (backward ``omnifast::affine_bwd``) at the
+    active matmul precision, as :func:`coupling_stack_triton`.
+    """
+    from omnifast.ops.triton_mlp import affine_fwd_op  # noqa: PLC0415
+
+    if len(weights) < 3 or len(weights) != len(biases):
+        raise ValueError(f"affine: the Triton kernels need at least 3 layers and one bias per "
+                         f"weight, got {len(weights)} weights and {len(biases)} biases")
+    dt = torch.float32
+    w_hid = torch.stack([w.to(dt) for w in weights[1:-1]])
+    b_hid = torch.stack([b.to(dt) for b in biases[1:-1]])
+    ws = [w.to(dt).contiguous() for w in (weights[0], biases[0], w_hid, b_hid, weights[-1],
+                                          biases[-1])]
+    tt = t.to(dt).contiguous()
+    save = _needs_grad(x, tt, *ws)
+    y, _, _ = affine_fwd_op(x.contiguous(), tt, *ws, int(n_freq), bool(inverse),
+                            get_matmul_precision(), save)
+    return y
