@@ -123,7 +123,8 @@ def fit(video, *, preset: str | Preset = "cpu", iters: int | None = None,
     with cpu_settings(threads) as n_threads:
         tracker = _fit(video, preset=preset, iters=iters, out_dir=out_dir, device=device,
                        seed=seed, resume=resume, progress=progress, tensorboard=tensorboard,
-                       max_side=max_side, motion=motion, tracks=tracks, threads=n_threads)
+                       max_side=max_side, motion=motion, tracks=tracks, threads=n_threads,
+                       compile=compile)
     tracker.info["threads"] = n_threads
     if out_dir is not None:
         tracker.save(Path(out_dir) / TRACKER_NAME)
@@ -131,7 +132,7 @@ def fit(video, *, preset: str | Preset = "cpu", iters: int | None = None,
 
 
 def _fit(video, *, preset, iters, out_dir, device, seed, resume, progress, tensorboard,
-         max_side, motion, tracks, threads) -> Tracker:
+         max_side, motion, tracks, threads, compile=None) -> Tracker:
     preset_obj = get_preset(preset)
     if isinstance(video, MotionData):
         motion = video
