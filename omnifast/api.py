@@ -75,7 +75,8 @@ def fit(video, *, preset: str | Preset = "cpu", iters: int | None = None,
         out_dir: str | os.PathLike | None = None, device: str | torch.device | None = None,
         seed: int = 0, resume: bool = False, progress: bool = True,
         tensorboard: str | os.PathLike | None = None, max_side: int | None = None,
-        motion: MotionData | None = None, tracks=None, threads: int | None = None) -> Tracker:
+        motion: MotionData | None = None, tracks=None, threads: int | None = None,
+        compile: str | bool | None = None) -> Tracker:
     """Fit OmniMotion to a clip and return a tracker.
 
     Args:
@@ -83,7 +84,8 @@ def fit(video, *, preset: str | Preset = "cpu", iters: int | None = None,
             masks and statistics are used when it has ``raft_exhaustive/`` and ``max_side`` is
             not given), a ``[T, H, W, 3]`` uint8 array, or a
             :class:`~omnifast.data.MotionData` (frames and motion given).
-        preset: ``"cpu"`` (minutes on a laptop CPU) or ``"omnimotion"`` (the original's
+        preset: ``"cpu"`` (minutes on a laptop CPU), ``"gpu"`` (the original's model, batch
+            and steps in TF32, the step as one CUDA graph) or ``"omnimotion"`` (the original's
             sizes and 100k steps, for a GPU), or a :class:`~omnifast.Preset`.
         iters: number of optimisation steps (default: the preset's).
         out_dir: folder for ``checkpoint.pt`` (written periodically), the motion cache and
@@ -103,6 +105,9 @@ def fit(video, *, preset: str | Preset = "cpu", iters: int | None = None,
             ``OMP_NUM_THREADS``); the previous count is restored afterwards. OpenMP's idle
             threads sleep instead of spinning (``OMP_WAIT_POLICY=PASSIVE``, unless set) when
             omnifast is imported before torch; see :mod:`omnifast.runtime`.
+        compile: how each step runs: ``"graph"`` (the whole step as one CUDA graph, the
+            default on CUDA unless ``OMNIFAST_CUDA_GRAPH=0``), ``"eager"`` (the default on the
+            CPU), or ``"compile"`` (forward and losses through ``torch.compile``).
 
     Returns:
         a :class:`~omnifast.track.Tracker`; its ``frames`` attribute holds the input frames,
@@ -118,7 +123,8 @@ def fit(video, *, preset: str | Preset = "cpu", iters: int | None = None,
     with cpu_settings(threads) as n_threads:
         tracker = _fit(video, preset=preset, iters=iters, out_dir=out_dir, device=device,
                        seed=seed, resume=resume, progress=progress, tensorboard=tensorboard,
-                       max_side=max_side, motion=motion, tracks=tracks, threads=n_threads)
+                       max_side=max_side, motion=motion, tracks=tracks, threads=n_threads,
+                       compile=compile)
     tracker.info["threads"] = n_threads
     if out_dir is not None:
         tracker.save(Path(out_dir) / TRACKER_NAME)
@@ -126,7 +132,7 @@ def fit(video, *, preset: str | Preset = "cpu", iters: int | None = None,
 
 
 def _fit(video, *, preset, iters, out_dir, device, seed, resume, progress, tensorboard,
-         max_side, motion, tracks, threads) -> Tracker:
+         max_side, motion, tracks, threads, compile=None) -> Tracker:
     preset_obj = get_preset(preset)
     if isinstance(video, MotionData):
         motion = video
@@ -161,7 +167,7 @@ def _fit(video, *, preset, iters, out_dir, device, seed, resume, progress, tenso
                 writer.add_scalar(key, value, step)
     t0 = time.time()
     trainer = Trainer(motion, preset_obj, iters=iters, out_dir=out, device=device, seed=seed,
-                      progress=progress, log=log)
+                      progress=progress, log=log, compile=compile)
     try:
         model = trainer.run(resume=resume)
     finally:

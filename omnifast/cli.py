@@ -181,7 +181,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------ parser
 def _add_fit_options(p: argparse.ArgumentParser) -> None:
     """The options that `fit` and `fit-many` share."""
-    p.add_argument("--preset", default="cpu", choices=["cpu", "omnimotion"])
+    p.add_argument("--preset", default="cpu", choices=["cpu", "gpu", "omnimotion"])
     p.add_argument("--iters", type=int, default=None, help="optimisation steps (preset default)")
     p.add_argument("--device", default=None, choices=["cpu", "cuda"])
     p.add_argument("--seed", type=int, default=0)

@@ -1,4 +1,4 @@
-"""Typed configurations and the named presets (``omnimotion`` and ``cpu``)."""
+"""Typed configurations and the named presets (``omnimotion``, ``cpu`` and ``gpu``)."""
 
 from __future__ import annotations
 
@@ -76,6 +76,9 @@ class TrainConfig:
     checkpoint_every: int = 20_000
     # predict the error cache's flows on every n-th pixel only (1 = every pixel, the original)
     error_cache_stride: int = 1
+    # matmul precision of the fit's steps ("fp32", "tf32", "bf16"); None: as the caller's
+    # omnifast.matmul_precision block or OMNIFAST_MATMUL_PRECISION says
+    matmul_precision: str | None = None
 
 
 @dataclass(frozen=True)
@@ -174,11 +177,30 @@ def _cpu_preset() -> Preset:
 
 CPU = _cpu_preset()
 
-PRESETS: dict[str, Preset] = {p.name: p for p in (OMNIMOTION, CPU)}
+
+def _gpu_preset() -> Preset:
+    """The original's model and batch for a GPU (8 pairs x 256 points x 32 samples).
+
+    The networks, the batch, the losses and every schedule are the original's
+    (``configs/default.txt``), including its 100,000 steps: no GPU run has yet measured which
+    shorter schedule or lower precision reaches the original's quality, so until one does the
+    step count stays the original's. The matrix products run in TF32, the precision the
+    original's matmuls ran in on an A100 under PyTorch 1.10 (spec 4.4); bf16 is faster but its
+    effect on quality is not measured yet. A fit runs the whole step as one CUDA graph
+    (``OMNIFAST_CUDA_GRAPH=0`` or ``fit(..., compile="eager")`` turns that off).
+    """
+    return Preset("gpu", OMNIMOTION.model,
+                  dataclasses.replace(OMNIMOTION.train, matmul_precision="tf32"),
+                  _gpu_preset.__doc__ or "")
+
+
+GPU = _gpu_preset()
+
+PRESETS: dict[str, Preset] = {p.name: p for p in (OMNIMOTION, CPU, GPU)}
 
 
 def get_preset(name: str | Preset) -> Preset:
-    """Look up a preset by name (``"omnimotion"`` or ``"cpu"``)."""
+    """Look up a preset by name (``"omnimotion"``, ``"cpu"`` or ``"gpu"``)."""
     if isinstance(name, Preset):
         return name
     try:
@@ -199,5 +221,5 @@ def model_config_from_dict(d: dict) -> ModelConfig:
     return ModelConfig(**kw)
 
 
-__all__ = ["CPU", "OMNIMOTION", "PRESETS", "ModelConfig", "Preset", "TrainConfig",
+__all__ = ["CPU", "GPU", "OMNIMOTION", "PRESETS", "ModelConfig", "Preset", "TrainConfig",
            "get_preset"]

@@ -181,7 +181,7 @@ def test_projection_unprojection_and_samples():
 
 
 def test_presets():
-    assert set(omnifast.PRESETS) == {"omnimotion", "cpu"}
+    assert set(omnifast.PRESETS) == {"omnimotion", "cpu", "gpu"}
     cpu = omnifast.get_preset("cpu")
     assert cpu.model.coupling_hidden[0] < omnifast.OMNIMOTION.model.coupling_hidden[0]
     assert "shrunk" in cpu.description

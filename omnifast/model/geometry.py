@@ -7,14 +7,16 @@ import torch
 
 def normalize_pixels(px: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Pixels (x, y) -> align-corners normalized coordinates in [-1, 1]. [..., 2] -> [..., 2]"""
-    scale = px.new_tensor([2.0 / max(width - 1, 1), 2.0 / max(height - 1, 1)])
-    return px * scale - 1.0
+    # per-coordinate scalars, not a [2] tensor: building one would upload host data every call
+    sx, sy = 2.0 / max(width - 1, 1), 2.0 / max(height - 1, 1)
+    return torch.stack((px[..., 0] * sx, px[..., 1] * sy), dim=-1) - 1.0
 
 
 def denormalize_pixels(xy: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Normalized (x_n, y_n) -> pixels (x, y). [..., 2] -> [..., 2]"""
-    scale = xy.new_tensor([(width - 1) / 2.0, (height - 1) / 2.0])
-    return (xy + 1.0) * scale
+    sx, sy = (width - 1) / 2.0, (height - 1) / 2.0
+    xy = xy + 1.0
+    return torch.stack((xy[..., 0] * sx, xy[..., 1] * sy), dim=-1)
 
 
 def unproject(px: torch.Tensor, depths: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -41,7 +43,8 @@ def project(points: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor
 
 def sample_depths(shape: tuple[int, ...], num_samples: int, min_depth: float, max_depth: float,
                   stratified: bool = False, generator: torch.Generator | None = None,
-                  device=None, dtype=torch.float32) -> torch.Tensor:
+                  device=None, dtype=torch.float32,
+                  noise: torch.Tensor | None = None) -> torch.Tensor:
     """Depths along rays (spec 3.2).
 
     Deterministic: ``linspace(min, max, K)``. Stratified: uniform within the strata bounded by
@@ -49,6 +52,8 @@ def sample_depths(shape: tuple[int, ...], num_samples: int, min_depth: float, ma
 
     Args:
         shape: ray batch shape (e.g. ``(pairs, points)``).
+        noise: the stratified draws, uniform in [0, 1) (drawn from ``generator`` when None).
+            [*shape, K]
 
     Returns:
         [*shape, K]
@@ -60,7 +65,8 @@ def sample_depths(shape: tuple[int, ...], num_samples: int, min_depth: float, ma
     mid = 0.5 * (d[..., 1:] + d[..., :-1])
     lower = torch.cat([d[..., :1], mid], dim=-1)
     upper = torch.cat([mid, d[..., -1:]], dim=-1)
-    u = torch.rand(lower.shape, generator=generator, device=device, dtype=dtype)
+    u = (torch.rand(lower.shape, generator=generator, device=device, dtype=dtype)
+         if noise is None else noise)
     return lower + u * (upper - lower)
 
 

@@ -102,7 +102,8 @@ class OmniMotion(nn.Module):
                              f"{frame_ids.shape[0]}, got {tuple(x.shape)}")
         per_frame = x[0].numel() // 3 if x.shape[0] else 0
         flat = x.reshape(-1, 3)
-        idx = torch.arange(frame_ids.shape[0], device=x.device).repeat_interleave(per_frame)
+        nf = frame_ids.shape[0]
+        idx = torch.arange(nf, device=x.device)[:, None].expand(nf, per_frame).reshape(-1)
         return self.map_points(flat, idx, frame_ids, inverse=inverse).reshape(x.shape)
 
     def to_canonical(self, x: torch.Tensor, frame_ids: torch.Tensor) -> torch.Tensor:

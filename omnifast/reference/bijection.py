@@ -53,10 +53,24 @@ class CouplingParams(NamedTuple):
         return self.w_in.shape[2] - self.proj_w.shape[1]
 
 
+_PE_FREQUENCIES: dict[tuple, torch.Tensor] = {}
+
+
+def _build_pe_frequencies(n_freq: int, device, dtype) -> torch.Tensor:
+    # computed on the device (no host upload); float64 then one rounding: the same values
+    return (math.pi * 2.0 ** torch.arange(n_freq, dtype=torch.float64, device=device)).to(dtype)
+
+
 def pe_frequencies(n_freq: int, device=None, dtype=torch.float32) -> torch.Tensor:
-    """pi * 2^k for k = 0..n_freq-1. [n_freq]"""
-    return (math.pi * 2.0 ** torch.arange(n_freq, dtype=torch.float64)).to(device=device,
-                                                                             dtype=dtype)
+    """pi * 2^k for k = 0..n_freq-1, built once per (device, dtype) and cached. [n_freq]"""
+    if torch.compiler.is_compiling():
+        return _build_pe_frequencies(n_freq, device, dtype)
+    key = (n_freq, torch.device(device if device is not None else "cpu"), dtype)
+    w = _PE_FREQUENCIES.get(key)
+    if w is None:
+        with torch.inference_mode(False), torch.no_grad():
+            w = _PE_FREQUENCIES[key] = _build_pe_frequencies(n_freq, key[1], dtype)
+    return w
 
 
 def positional_encoding(u: torch.Tensor, n_freq: int) -> torch.Tensor:

@@ -34,9 +34,8 @@ def composite_ref(sigma: torch.Tensor, values: torch.Tensor,
                          f"{tuple(sigma.shape)} and values {tuple(values.shape)}")
     alpha = 1.0 - torch.exp(-sigma)
     if num_masked_near > 0:
-        keep = torch.ones(sigma.shape[-1], dtype=sigma.dtype, device=sigma.device)
-        keep[:num_masked_near] = 0
-        alpha = alpha * keep
+        keep = torch.arange(sigma.shape[-1], device=sigma.device) >= num_masked_near
+        alpha = alpha * keep.to(sigma.dtype)
     trans = torch.cumprod(1.0 - alpha + TRANSMITTANCE_EPS, dim=-1)
     trans = torch.cat([torch.ones_like(trans[..., :1]), trans[..., :-1]], dim=-1)
     weights = alpha * trans

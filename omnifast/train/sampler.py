@@ -16,6 +16,7 @@ Deliberate differences from the original (spec section 7):
 from __future__ import annotations
 
 import math
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,8 +56,19 @@ class Batch:
     weights: torch.Tensor
     covisible: torch.Tensor
 
-    def to(self, device) -> Batch:
-        return Batch(**{k: getattr(self, k).to(device) for k in self.__dataclass_fields__})
+    def to(self, device, non_blocking: bool = False) -> Batch:
+        return Batch(**{k: getattr(self, k).to(device, non_blocking=non_blocking)
+                        for k in self.__dataclass_fields__})
+
+    def pin_memory(self) -> Batch:
+        """A copy in page-locked host memory (for asynchronous copies to a GPU)."""
+        return Batch(**{k: getattr(self, k).pin_memory() for k in self.__dataclass_fields__})
+
+    def copy_(self, other: Batch, non_blocking: bool = False) -> Batch:
+        """Copy ``other``'s values into these tensors (same shapes), in place."""
+        for k in self.__dataclass_fields__:
+            getattr(self, k).copy_(getattr(other, k), non_blocking=non_blocking)
+        return self
 
 
 def _gaussian_blur(x: np.ndarray) -> np.ndarray:
@@ -227,3 +239,65 @@ class PairSampler:
         self.rng.bit_generator.state = state["rng"]
         self.error_maps = state.get("error_maps")
         self.flow_error = state.get("flow_error")
+
+
+class BatchPrefetcher:
+    """Draws the batch of the next step in a worker thread while the current step runs.
+
+    The sequence of batches is the sampler's own: batch ``k`` is drawn right after batch
+    ``k - 1`` from the same generator, whether it was prefetched or not. While a draw is in
+    flight the worker owns the sampler; :meth:`drain` waits for it, throws the batch away and
+    rewinds the generator to before it, and must be called before anything else touches the
+    sampler (a new error cache). :meth:`sampler_state` is the sampler's state after the last
+    batch handed out, which is what a checkpoint keeps.
+
+    Args:
+        sampler: the pair sampler.
+        pin: put the batches in page-locked memory (for non-blocking copies to a GPU).
+    """
+
+    def __init__(self, sampler: PairSampler, pin: bool = False) -> None:
+        self.sampler, self.pin = sampler, pin
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="omnifast-sampler")
+        self._pending: tuple[int, Future, dict] | None = None
+
+    def _draw(self, index: int) -> Batch:
+        batch = self.sampler.sample(index)
+        return batch.pin_memory() if self.pin else batch
+
+    def take(self, index: int) -> Batch:
+        """The batch of schedule step ``index`` (0-based); starts drawing ``index + 1``."""
+        if self._pending is not None and self._pending[0] == index:
+            batch = self._pending[1].result()
+            self._pending = None
+        else:
+            self.drain()
+            batch = self._draw(index)
+        before = self.sampler.rng.bit_generator.state
+        self._pending = (index + 1, self._pool.submit(self._draw, index + 1), before)
+        return batch
+
+    def wait(self) -> None:
+        """Wait for the draw in flight (keeping it)."""
+        if self._pending is not None:
+            self._pending[1].exception()
+
+    def drain(self) -> None:
+        """Wait for the draw in flight, drop it and rewind the sampler to before it."""
+        if self._pending is not None:
+            _, future, before = self._pending
+            self._pending = None
+            future.exception()  # wait; a failed draw is redrawn (and raises) by the next take
+            self.sampler.rng.bit_generator.state = before
+
+    def sampler_state(self) -> dict:
+        """The sampler's state after the last batch handed out (for a checkpoint)."""
+        if self._pending is None:
+            return self.sampler.state_dict()
+        state = self.sampler.state_dict()
+        state["rng"] = self._pending[2]
+        return state
+
+    def close(self) -> None:
+        self.drain()
+        self._pool.shutdown(wait=True)

@@ -7,8 +7,16 @@
   atomically with the model, optimizer, sampler (its random state and error cache), the random
   state of the stratified depth samples and the step, so that ``resume=True`` continues to the
   same final parameters as an uninterrupted fit with the same seed.
-* A step whose loss or gradients are not finite is skipped and the last good state restored
-  (the original drops into a debugger and hangs); too many in a row abort the fit.
+* A step whose loss or gradients are not finite is skipped on the device: Adam's update is
+  masked out (as AMP's gradient scaler does), so parameters and moments stay as they were.
+  The count is read back with the losses every few steps (the original drops into a debugger
+  and hangs); too many in a row abort the fit.
+* The step itself is sync-free and has fixed shapes (see :mod:`omnifast.train.losses`): its
+  losses stay on the device and are read back every ``log_every`` steps. On CUDA the whole
+  step (forward, losses, backward, Adam) is captured once as a CUDA graph and replayed
+  (:class:`CudaGraphStep`; ``compile="graph"``, the default there unless
+  ``OMNIFAST_CUDA_GRAPH=0``); the eager step is the fallback and the oracle. ``compile=
+  "compile"`` runs the forward and losses through ``torch.compile`` instead.
 
 Seeds: the networks are built with ``torch.manual_seed(1234 + seed)`` (seed 0 gives the
 original's construction), the sampler's generator with ``seed`` and the stratified depths with
@@ -32,16 +40,19 @@ import torch
 
 from omnifast.config import Preset, config_to_dict, get_preset
 from omnifast.data.motion import MotionData
+from omnifast.dispatch import PRECISIONS, matmul_precision
 from omnifast.model.checkpoint import CheckpointError, _atomic_save
 from omnifast.model.omnimotion import DEFAULT_SEED, OmniMotion
 from omnifast.train import losses as _losses
-from omnifast.train.sampler import PairSampler
+from omnifast.train.sampler import Batch, BatchPrefetcher, PairSampler
 
 TRAIN_FORMAT = "omnifast-fit"
 TRAIN_FORMAT_VERSION = 1
 CHECKPOINT_NAME = "checkpoint.pt"
 #: a fit aborts after this many non-finite steps in a row
 MAX_BAD_STEPS = 20
+#: step modes: the eager step, one CUDA graph per step, torch.compile of the forward
+STEP_MODES = ("eager", "graph", "compile")
 
 
 class FitError(RuntimeError):
@@ -79,6 +90,96 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
+def resolve_step_mode(compile: str | bool | None, device: torch.device) -> str:
+    """How the training step runs (one of :data:`STEP_MODES`).
+
+    Args:
+        compile: ``"eager"``, ``"graph"`` (the whole step captured as one CUDA graph, CUDA
+            only), ``"compile"`` (the forward and losses through ``torch.compile``), or None /
+            ``"auto"``: ``"graph"`` on CUDA unless ``OMNIFAST_CUDA_GRAPH=0``, else ``"eager"``.
+            True / False stand for ``"auto"`` / ``"eager"``.
+        device: the fit's device.
+    """
+    if compile is None or compile is True or compile == "auto":
+        on = os.environ.get("OMNIFAST_CUDA_GRAPH", "1").strip().lower() not in ("0", "false", "")
+        return "graph" if device.type == "cuda" and on else "eager"
+    mode = "eager" if compile is False else str(compile).lower()
+    if mode not in STEP_MODES:
+        raise ValueError(f"unknown step mode {compile!r}; choose auto, {', '.join(STEP_MODES)}")
+    if mode == "graph" and device.type != "cuda":
+        raise ValueError("compile='graph' captures the step as a CUDA graph and needs a CUDA "
+                         "device; use 'eager' or 'compile' on the CPU")
+    return mode
+
+
+def prepare_compile() -> None:
+    """Let ``torch.compile`` trace through the backend dispatch.
+
+    The backend and matmul-precision switches live in context variables, which dynamo cannot
+    trace; they are read once at trace time instead (``assume_constant_result``), so a compiled
+    step keeps the backend and precision it was compiled under.
+    """
+    import torch._dynamo  # noqa: PLC0415 (only when compiling)
+
+    from omnifast import dispatch  # noqa: PLC0415
+
+    torch._dynamo.assume_constant_result(dispatch.get_backend)
+    torch._dynamo.assume_constant_result(dispatch.get_matmul_precision)
+
+
+class CudaGraphStep:
+    """The whole training step (forward, losses, backward, Adam) captured as one CUDA graph.
+
+    What changes between steps lives in device tensors the graph reads: the batch and the depth
+    noise (copied and drawn into fixed buffers before each replay), the step number (which
+    gives the loss weights) and the learning rates. The number of masked near samples and
+    whether the distortion term is on are baked in (the trainer keeps one graph per pair of
+    values). Capture first runs a few warm-up steps on a side stream with the update forced
+    off, so that they change nothing, then records one step.
+
+    Args:
+        trainer: the trainer whose step is captured.
+        batch: a batch of the fit's shapes (its values are not used).
+        step: an iteration with the structure (:meth:`Trainer._graph_key`) this graph is for.
+    """
+
+    WARMUP = 3
+
+    def __init__(self, trainer: Trainer, batch: Batch, step: int) -> None:
+        dev = trainer.device
+        self.trainer = trainer
+        self.batch = Batch(**{k: torch.empty(getattr(batch, k).shape, device=dev,
+                                             dtype=getattr(batch, k).dtype)
+                              for k in Batch.__dataclass_fields__}).copy_(batch)
+        p, n = batch.pts1.shape[:2]
+        self.noise = torch.full((p, n, trainer.model.config.num_samples), 0.5, device=dev,
+                                dtype=trainer.model.param_dtype)
+        kept = [t.clone() for t in trainer._counters()]
+        try:
+            trainer._force_skip.fill_(1.0)
+            side = torch.cuda.Stream(device=dev)
+            side.wait_stream(torch.cuda.current_stream(dev))
+            with torch.cuda.stream(side):
+                for _ in range(self.WARMUP):
+                    trainer._step_body(self.batch, self.noise, step)
+            torch.cuda.current_stream(dev).wait_stream(side)
+            trainer._force_skip.fill_(0.0)
+            self.graph = torch.cuda.CUDAGraph()
+            trainer.optimizer.zero_grad(set_to_none=True)
+            with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
+                trainer._step_body(self.batch, self.noise, step)
+        finally:  # the warm-up steps leave no trace, whether the capture worked or not
+            trainer._force_skip.fill_(0.0)
+            for t, v in zip(trainer._counters(), kept):
+                t.copy_(v)
+
+    def run(self, batch: Batch, generator: torch.Generator) -> None:
+        """Replay the step on ``batch`` (host or device tensors; copied without a sync)."""
+        self.batch.copy_(batch, non_blocking=True)
+        self.noise.uniform_(0.0, 1.0, generator=generator)  # the stream torch.rand draws
+        self.graph.replay()
+
+
 class Trainer:
     """Fits an :class:`~omnifast.model.OmniMotion` to one clip's frames and motion.
 
@@ -91,13 +192,18 @@ class Trainer:
         seed: seed of the networks, the sampler and the depth samples.
         progress: show a progress bar (step, loss, time left).
         log: optional callback ``log(step, scalars: dict)`` called every ``log_every`` steps.
+        log_every: steps between reads of the losses from the device (and log calls).
+        compile: how the step runs, see :func:`resolve_step_mode` (default: one CUDA graph per
+            step on CUDA, eager on the CPU).
+        prefetch: draw the next batch in a worker thread while a step runs (default: on CUDA).
     """
 
     def __init__(self, motion: MotionData, preset: str | Preset = "cpu", *,
                  iters: int | None = None, out_dir: str | os.PathLike | None = None,
                  device: str | torch.device | None = None, seed: int = 0,
                  progress: bool = True, log: Callable[[int, dict], None] | None = None,
-                 log_every: int = 10) -> None:
+                 log_every: int = 10, compile: str | bool | None = None,
+                 prefetch: bool | None = None) -> None:
         motion.validate()
         self.preset = get_preset(preset)
         cfg = self.preset.train
@@ -105,10 +211,15 @@ class Trainer:
             if int(iters) < 0:
                 raise ValueError(f"iters must be >= 0, got {iters}")
             cfg = self.preset.replace(num_iters=int(iters)).train
+        if cfg.matmul_precision is not None and cfg.matmul_precision not in PRECISIONS:
+            raise ValueError(f"matmul_precision must be one of {', '.join(PRECISIONS)} or None, "
+                             f"got {cfg.matmul_precision!r}")
         self.cfg = cfg
         self.motion = motion
         self.height, self.width, self.num_frames = motion.height, motion.width, motion.num_frames
         self.device = resolve_device(device)
+        self.step_mode = resolve_step_mode(compile, self.device)
+        self.prefetch = self.device.type == "cuda" if prefetch is None else bool(prefetch)
         self.seed = int(seed)
         self.out_dir = os.fspath(out_dir) if out_dir is not None else None
         self.progress = progress
@@ -121,16 +232,36 @@ class Trainer:
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(self.seed + 1)
         m = self.model
+        cuda = self.device.type == "cuda"
         self.base_lrs = (cfg.lr_feature, cfg.lr_deform, cfg.lr_color)
+        # fused Adam: one kernel per step, honours found_inf (the masked update of a
+        # non-finite step); on CUDA capturable, with the learning rates in device tensors
         self.optimizer = torch.optim.Adam([
             {"params": list(m.feature_mlp.parameters()), "lr": cfg.lr_feature},
             {"params": list(m.deform_mlp.parameters()), "lr": cfg.lr_deform},
             {"params": list(m.color_mlp.parameters()), "lr": cfg.lr_color},
-        ], betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+        ], betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, fused=True, capturable=cuda)
+        self._params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        self._lr_tensors = ([torch.tensor(lr, dtype=torch.float32, device=self.device)
+                             for lr in self.base_lrs] if cuda else None)
+        # the step's device-side state: it is read back only every few steps
+        dev, f32 = self.device, torch.float32
+        self._step_t = torch.zeros((), dtype=torch.int64, device=dev)
+        self._found_inf = torch.zeros((), dtype=f32, device=dev)
+        self._force_skip = torch.zeros((), dtype=f32, device=dev)
+        self._bad_run = torch.zeros((), dtype=f32, device=dev)
+        self._skipped = torch.zeros((), dtype=f32, device=dev)
+        self._last = torch.zeros(len(_losses.TERM_NAMES) + 1, dtype=f32, device=dev)
+        self._one = torch.ones((), dtype=f32, device=dev)
+        self.optimizer.found_inf = self._found_inf
+        self._conform_optimizer()
+        self._graphs: dict[tuple[int, bool], CudaGraphStep] = {}
+        self._compiled = None
+        self._prefetcher: BatchPrefetcher | None = None
+        self._read_step = 0
         self.step = 0
         self.last_loss = float("nan")
         self.bad_steps = 0
-        self._good: dict | None = None
         self._stop = threading.Event()
 
     # ------------------------------------------------------------------ checkpoint
@@ -144,6 +275,12 @@ class Trainer:
                 "seed": self.seed}
 
     def state_dict(self) -> dict:
+        optim = copy.deepcopy(self.optimizer.state_dict())
+        for group in optim["param_groups"]:  # device learning-rate tensors are saved as floats
+            if torch.is_tensor(group["lr"]):
+                group["lr"] = float(group["lr"])
+        sampler = (self._prefetcher.sampler_state() if self._prefetcher is not None
+                   else self.sampler.state_dict())
         return {
             "format": TRAIN_FORMAT,
             "format_version": TRAIN_FORMAT_VERSION,
@@ -153,8 +290,8 @@ class Trainer:
             "coords": list(self.model.deform_mlp.coords),
             "step": self.step,
             "model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
-            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
-            "sampler": self.sampler.state_dict(),
+            "optimizer": optim,
+            "sampler": sampler,
             "generator": self.generator.get_state().cpu(),
             "last_loss": self.last_loss,
         }
@@ -170,10 +307,13 @@ class Trainer:
                 raise CheckpointError(
                     f"{source} belongs to another fit ({key} differs: {state.get(key)!r} vs "
                     f"{mine[key]!r}); use a new output folder or the same video, preset and seed")
+        if self._prefetcher is not None:
+            self._prefetcher.drain()
         try:
             self.model.deform_mlp.set_coords(tuple(state["coords"]))
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
+            self._conform_optimizer()
             self.sampler.load_state_dict(state["sampler"])
             self.generator.set_state(state["generator"])
             self.step = int(state["step"])
@@ -181,6 +321,23 @@ class Trainer:
         except (KeyError, RuntimeError, TypeError, ValueError) as exc:
             raise CheckpointError(f"{source} is a damaged fit checkpoint: "
                                   f"{str(exc).splitlines()[0]}") from None
+
+    def _conform_optimizer(self) -> None:
+        """Fused (and on CUDA capturable) Adam with the trainer's learning-rate tensors, also
+        after loading an optimizer state saved with other settings; drops captured graphs,
+        which point at the replaced state tensors."""
+        cuda = self.device.type == "cuda"
+        for i, group in enumerate(self.optimizer.param_groups):
+            group.update(fused=True, capturable=cuda, foreach=None)
+            if self._lr_tensors is not None:
+                self._lr_tensors[i].fill_(float(group["lr"]))
+                group["lr"] = self._lr_tensors[i]
+        for st in self.optimizer.state.values():
+            if "step" in st:
+                st["step"] = torch.as_tensor(st["step"]).to(self.device, torch.float32)
+        self._lr_factor: float | None = None
+        if hasattr(self, "_graphs"):
+            self._graphs.clear()
 
     def save(self) -> str | None:
         """Write ``checkpoint.pt`` atomically (temporary file, then rename)."""
@@ -204,34 +361,6 @@ class Trainer:
         self.load_state_dict(state, source=path)
         return True
 
-    # ------------------------------------------------------------------ NaN guard
-    def _snapshot(self) -> None:
-        """Keep a copy of the parameters and Adam moments (plain tensor clones: cheap)."""
-        params = list(self.model.parameters())
-        state = self.optimizer.state
-        self._good = {
-            "params": [p.detach().clone() for p in params],
-            "optim": [{k: (v.clone() if torch.is_tensor(v) else v) for k, v in state[p].items()}
-                      if p in state else None for p in params],
-        }
-
-    @torch.no_grad()
-    def _restore(self) -> None:
-        if self._good is None:
-            return
-        params = list(self.model.parameters())
-        for p, saved, opt in zip(params, self._good["params"], self._good["optim"]):
-            p.copy_(saved)
-            if opt is None:
-                self.optimizer.state.pop(p, None)
-            else:
-                self.optimizer.state[p] = {k: (v.clone() if torch.is_tensor(v) else v)
-                                           for k, v in opt.items()}
-
-    def _all_finite(self, tensors) -> bool:
-        flags = [torch.isfinite(t).all() for t in tensors if t is not None]
-        return bool(torch.stack(flags).all()) if flags else True
-
     # ------------------------------------------------------------------ error cache
     @torch.no_grad()
     def update_error_cache(self) -> np.ndarray:
@@ -243,6 +372,8 @@ class Trainer:
         """
         from omnifast.track import Tracker  # noqa: PLC0415 (track imports the model layer)
 
+        if self._prefetcher is not None:  # the batch drawn ahead used the old maps
+            self._prefetcher.drain()
         tracker = Tracker(self.model, self.height, self.width, device=self.device)
         n, h, w = self.num_frames, self.height, self.width
         stride = max(1, self.cfg.error_cache_stride)
@@ -258,39 +389,150 @@ class Trainer:
         return self.sampler.set_error_cache(pred)
 
     # ------------------------------------------------------------------ one step
-    def train_step(self) -> dict[str, float] | None:
-        """Run iteration ``self.step + 1``. Returns the loss terms, or None if it was skipped."""
-        s = self.step + 1
-        factor = _losses.learning_rate_factor(s, self.cfg)
-        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
-            group["lr"] = base * factor
-        batch = self.sampler.sample(self.step).to(self.device)
-        self.model.train()
-        total, terms = _losses.compute_losses(self.model, batch, s, self.cfg, self.height,
-                                              self.width, self.generator)
+    def _counters(self) -> list[torch.Tensor]:
+        return [self._found_inf, self._bad_run, self._skipped, self._last]
+
+    def _precision(self):
+        p = self.cfg.matmul_precision
+        return matmul_precision(p) if p is not None else contextlib.nullcontext()
+
+    def _set_learning_rate(self, step: int) -> None:
+        factor = _losses.learning_rate_factor(step, self.cfg)
+        if factor == self._lr_factor:
+            return
+        for i, (group, base) in enumerate(zip(self.optimizer.param_groups, self.base_lrs)):
+            if self._lr_tensors is not None:  # read by the kernels (and a captured graph)
+                self._lr_tensors[i].fill_(base * factor)
+            else:
+                group["lr"] = base * factor
+        self._lr_factor = factor
+
+    def learning_rates(self) -> list[float]:
+        """The current learning rate of each parameter group."""
+        return [self.base_lrs[i] * (self._lr_factor if self._lr_factor is not None else
+                                     _losses.learning_rate_factor(max(self.step, 1), self.cfg))
+                for i in range(len(self.base_lrs))]
+
+    def _step_body(self, batch: Batch, noise: torch.Tensor, step: int) -> None:
+        """Forward, losses, backward and the (masked) Adam update of iteration ``step``, with
+        no host read: eager, captured into a CUDA graph, or with a compiled forward."""
+        weights = _losses.loss_weight_tensor(self._step_t, self.cfg, noise.dtype)
+        if self._compiled is not None:
+            total, terms = self._compiled(
+                self.model, batch, noise, weights, self.cfg, self.height, self.width,
+                *self._graph_key(step))
+        else:
+            total, terms = _losses.compute_losses(self.model, batch, step, self.cfg,
+                                                  self.height, self.width, noise=noise,
+                                                  weights=weights)
         self.optimizer.zero_grad(set_to_none=True)
-        ok = bool(torch.isfinite(total))
-        if ok:
-            total.backward()
-            ok = self._all_finite(p.grad for p in self.model.parameters())
-        if ok:
-            self.optimizer.step()
-            ok = self._all_finite(self.model.parameters())
+        total.backward()
+        found = self._found_inf
+        found.copy_(torch.maximum(self._force_skip,
+                                  (~torch.isfinite(total.detach())).to(found.dtype)))
+        grads = [p.grad for p in self._params if p.grad is not None]
+        if grads:  # sets found to 1 on a non-finite gradient (and multiplies them by 1)
+            torch._amp_foreach_non_finite_check_and_unscale_(grads, found, self._one)
+        self.optimizer.step()  # fused Adam skips every update when found_inf is 1
+        self._bad_run.mul_(found).add_(found)
+        self._skipped.add_(found)
+        self._last.copy_(torch.stack([*(terms[k] for k in _losses.TERM_NAMES),
+                                      total.detach()]).to(self._last.dtype))
+
+    def _next_batch(self, index: int) -> Batch:
+        if not self.prefetch:
+            return self.sampler.sample(index)
+        if self._prefetcher is None:
+            self._prefetcher = BatchPrefetcher(self.sampler, pin=self.device.type == "cuda")
+        return self._prefetcher.take(index)
+
+    def _graph_key(self, step: int) -> tuple[int, bool]:
+        """What the schedule changes in the step's structure: the masked near samples and
+        whether the distortion term is on (one graph per value, at most four per fit)."""
+        return (_losses.masked_near_samples(step, self.cfg, self.model.config.num_samples),
+                _losses.distortion_on(step, self.cfg))
+
+    def _graph_for(self, batch: Batch, step: int) -> CudaGraphStep | None:
+        near = self._graph_key(step)
+        graph = self._graphs.get(near)
+        if graph is None:
+            if self._prefetcher is not None:  # no host-memory pinning while capturing
+                self._prefetcher.wait()
+            try:
+                graph = self._graphs[near] = CudaGraphStep(self, batch, step)
+            except Exception as exc:  # noqa: BLE001 (any capture failure: run eagerly)
+                self.optimizer.zero_grad(set_to_none=True)
+                self._force_skip.fill_(0.0)
+                self.step_mode = "eager"
+                why = (str(exc).splitlines() or [""])[0]
+                warnings.warn(f"capturing the training step as a CUDA graph failed "
+                              f"({type(exc).__name__}: {why}); running the eager step instead",
+                              RuntimeWarning, stacklevel=3)
+                return None
+        return graph
+
+    def train_step(self, read: bool = False) -> dict[str, float] | None:
+        """Run iteration ``self.step + 1``, without reading anything back from the device.
+
+        Args:
+            read: read the step's losses back (a host sync) and return them.
+
+        Returns:
+            with ``read``, the loss terms and ``"loss"`` (None when the step was skipped as
+            non-finite); else None.
+
+        Raises:
+            FitError: with ``read``, too many non-finite steps in a row.
+        """
+        s = self.step + 1
+        self._set_learning_rate(s)
+        batch = self._next_batch(self.step)
+        if not self.model.training:
+            self.model.train()
+        if self.step_mode == "compile" and self._compiled is None:
+            prepare_compile()
+            backend = os.environ.get("OMNIFAST_COMPILE_BACKEND", "inductor")
+            self._compiled = torch.compile(_losses.step_losses, dynamic=False, backend=backend)
+        with self._precision():
+            self._step_t.fill_(s)
+            graph = self._graph_for(batch, s) if self.step_mode == "graph" else None
+            if graph is not None:
+                graph.run(batch, self.generator)
+            else:
+                batch = batch.to(self.device, non_blocking=True)
+                noise = _losses.draw_depth_noise(self.model, tuple(batch.pts1.shape[:2]),
+                                                 self.generator, self.device)
+                self._step_body(batch, noise, s)
         self.step = s
-        if not ok:
-            self.optimizer.zero_grad(set_to_none=True)
-            self._restore()
-            self.bad_steps += 1
-            warnings.warn(f"step {s}: non-finite loss or gradients; step skipped and the last "
-                          "good state restored", RuntimeWarning, stacklevel=2)
-            if self.bad_steps >= MAX_BAD_STEPS:
-                raise FitError(f"the fit produced non-finite values in {self.bad_steps} steps "
-                               f"in a row (last at step {s}); giving up")
+        return self.read_back() if read else None
+
+    def read_back(self) -> dict[str, float] | None:
+        """Read the last step's losses and the skipped-step counters (one host sync).
+
+        Warns about the steps skipped since the last read and raises :class:`FitError` after
+        ``MAX_BAD_STEPS`` non-finite steps in a row.
+
+        Returns:
+            the last step's loss terms and ``"loss"``, or None when it was skipped.
+        """
+        counts = torch.stack([self._found_inf, self._bad_run, self._skipped])
+        values = torch.cat([self._last, counts]).tolist()
+        self._skipped.zero_()
+        *terms, total, found, bad_run, skipped = values
+        since, self._read_step = self._read_step, self.step
+        self.bad_steps = int(bad_run)
+        if skipped:
+            warnings.warn(f"step {self.step}: non-finite loss or gradients in {int(skipped)} of "
+                          f"steps {since + 1}-{self.step}; those steps were skipped (their "
+                          "update masked out, the state left as it was)", RuntimeWarning,
+                          stacklevel=2)
+        if self.bad_steps >= MAX_BAD_STEPS:
+            raise FitError(f"the fit produced non-finite values in {self.bad_steps} steps "
+                           f"in a row (last at step {self.step}); giving up")
+        if found:
             return None
-        self.bad_steps = 0
-        self._snapshot()
-        out = {k: float(v) for k, v in terms.items()}
-        out["loss"] = self.last_loss = float(total.detach())
+        out = dict(zip(_losses.TERM_NAMES, terms))
+        out["loss"] = self.last_loss = total
         return out
 
     # ------------------------------------------------------------------ the loop
@@ -315,6 +557,9 @@ class Trainer:
     def run(self, resume: bool = False) -> OmniMotion:
         """Optimise up to ``num_iters`` steps (continuing from the checkpoint with ``resume``).
 
+        The losses are read back from the device every ``min(log_every, MAX_BAD_STEPS)`` steps,
+        at checkpoints and at the end; nothing else waits for the device.
+
         Raises:
             FitInterrupted: on Ctrl-C, after saving the checkpoint.
             FitError: too many non-finite steps in a row.
@@ -322,7 +567,8 @@ class Trainer:
         if resume:
             self.resume()
         total = self.cfg.num_iters
-        self._snapshot()
+        self._read_step = self.step
+        check_every = max(1, min(self.log_every, MAX_BAD_STEPS))
         bar = None
         if self.progress and self.step < total:
             from tqdm.auto import tqdm  # noqa: PLC0415
@@ -333,24 +579,28 @@ class Trainer:
         try:
             with self._sigint_to_flag():
                 while self.step < total:
-                    terms = self.train_step()
+                    self.train_step()
                     s = self.step
+                    checkpoint = bool(self.checkpoint_path) and (
+                        s % self.cfg.checkpoint_every == 0 or s == total)
+                    if s % check_every == 0 or s == total or checkpoint:
+                        terms = self.read_back()
+                        if bar is not None and terms is not None:
+                            bar.set_postfix(loss=f"{terms['loss']:.4f}", refresh=False)
+                        if self.log is not None and terms is not None and (
+                                s % self.log_every == 0 or s == total):
+                            lrs = {f"lr/{name}": lr for name, lr in
+                                   zip(("feature", "deform", "color"), self.learning_rates())}
+                            self.log(s, {**{f"loss/{k}": v for k, v in terms.items()}, **lrs})
                     if (self.cfg.use_error_map and self.cfg.cache_every > 0
                             and s % self.cfg.cache_every == 0 and s < total):
                         if bar is not None:
                             bar.set_postfix_str("computing the error cache", refresh=True)
                         self.update_error_cache()
-                    if self.checkpoint_path and (s % self.cfg.checkpoint_every == 0 or s == total):
+                    if checkpoint:
                         self.save()
                     if bar is not None:
                         bar.update(1)
-                        if terms is not None:
-                            bar.set_postfix(loss=f"{terms['loss']:.4f}", refresh=False)
-                    if self.log is not None and terms is not None and (
-                            s % self.log_every == 0 or s == total):
-                        lrs = {f"lr/{name}": g["lr"] for name, g in
-                               zip(("feature", "deform", "color"), self.optimizer.param_groups)}
-                        self.log(s, {**{f"loss/{k}": v for k, v in terms.items()}, **lrs})
                     if self._stop.is_set():
                         self._stop.clear()
                         path = self.save()
@@ -364,6 +614,9 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
+            if self._prefetcher is not None:
+                self._prefetcher.close()
+                self._prefetcher = None
         self.elapsed = time.time() - t_start
         if self.checkpoint_path and not os.path.exists(self.checkpoint_path):
             self.save()
