@@ -105,9 +105,10 @@ def fit(video, *, preset: str | Preset = "cpu", iters: int | None = None,
             ``OMP_NUM_THREADS``); the previous count is restored afterwards. OpenMP's idle
             threads sleep instead of spinning (``OMP_WAIT_POLICY=PASSIVE``, unless set) when
             omnifast is imported before torch; see :mod:`omnifast.runtime`.
-        compile: how each step runs: ``"graph"`` (the whole step as one CUDA graph, the
-            default on CUDA unless ``OMNIFAST_CUDA_GRAPH=0``), ``"eager"`` (the default on the
-            CPU), or ``"compile"`` (forward and losses through ``torch.compile``).
+        compile: how each step runs: ``"eager"`` (the default), ``"graph"`` (the whole step
+            as one CUDA graph; also the automatic choice on CUDA with
+            ``OMNIFAST_CUDA_GRAPH=1``), or ``"compile"`` (forward and losses through
+            ``torch.compile``).
 
     Returns:
         a :class:`~omnifast.track.Tracker`; its ``frames`` attribute holds the input frames,

@@ -186,8 +186,9 @@ def _gpu_preset() -> Preset:
     shorter schedule or lower precision reaches the original's quality, so until one does the
     step count stays the original's. The matrix products run in TF32, the precision the
     original's matmuls ran in on an A100 under PyTorch 1.10 (spec 4.4); bf16 is faster but its
-    effect on quality is not measured yet. A fit runs the whole step as one CUDA graph
-    (``OMNIFAST_CUDA_GRAPH=0`` or ``fit(..., compile="eager")`` turns that off).
+    effect on quality is not measured yet. ``fit(..., compile="graph")`` (or
+    ``OMNIFAST_CUDA_GRAPH=1``) runs the whole step as one CUDA graph; it is opt-in until a GPU
+    run has checked it against the eager step.
     """
     return Preset("gpu", OMNIMOTION.model,
                   dataclasses.replace(OMNIMOTION.train, matmul_precision="tf32"),

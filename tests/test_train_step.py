@@ -284,6 +284,9 @@ def test_forced_skip_changes_nothing(motion):
 def test_step_mode_switch(monkeypatch):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert resolve_step_mode(None, cpu) == "eager"
+    monkeypatch.delenv("OMNIFAST_CUDA_GRAPH", raising=False)
+    assert resolve_step_mode(None, cuda) == "eager"  # opt-in until checked on a GPU
+    monkeypatch.setenv("OMNIFAST_CUDA_GRAPH", "1")
     assert resolve_step_mode(None, cuda) == "graph"
     monkeypatch.setenv("OMNIFAST_CUDA_GRAPH", "0")
     assert resolve_step_mode(None, cuda) == "eager"

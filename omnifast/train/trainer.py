@@ -13,9 +13,10 @@
   and hangs); too many in a row abort the fit.
 * The step itself is sync-free and has fixed shapes (see :mod:`omnifast.train.losses`): its
   losses stay on the device and are read back every ``log_every`` steps. On CUDA the whole
-  step (forward, losses, backward, Adam) is captured once as a CUDA graph and replayed
-  (:class:`CudaGraphStep`; ``compile="graph"``, the default there unless
-  ``OMNIFAST_CUDA_GRAPH=0``); the eager step is the fallback and the oracle. ``compile=
+  step (forward, losses, backward, Adam) can be captured once as a CUDA graph and replayed
+  (:class:`CudaGraphStep`; ``compile="graph"`` or ``OMNIFAST_CUDA_GRAPH=1``: opt-in until a
+  GPU run has checked its parity with the eager step); the eager step is the default, the
+  fallback and the oracle. ``compile=
   "compile"`` runs the forward and losses through ``torch.compile`` instead.
 
 Seeds: the networks are built with ``torch.manual_seed(1234 + seed)`` (seed 0 gives the
@@ -96,12 +97,13 @@ def resolve_step_mode(compile: str | bool | None, device: torch.device) -> str:
     Args:
         compile: ``"eager"``, ``"graph"`` (the whole step captured as one CUDA graph, CUDA
             only), ``"compile"`` (the forward and losses through ``torch.compile``), or None /
-            ``"auto"``: ``"graph"`` on CUDA unless ``OMNIFAST_CUDA_GRAPH=0``, else ``"eager"``.
+            ``"auto"``: ``"graph"`` on CUDA when ``OMNIFAST_CUDA_GRAPH=1``, else ``"eager"``
+            (the graph is opt-in until a GPU run has checked it against the eager step).
             True / False stand for ``"auto"`` / ``"eager"``.
         device: the fit's device.
     """
     if compile is None or compile is True or compile == "auto":
-        on = os.environ.get("OMNIFAST_CUDA_GRAPH", "1").strip().lower() not in ("0", "false", "")
+        on = os.environ.get("OMNIFAST_CUDA_GRAPH", "0").strip().lower() not in ("0", "false", "")
         return "graph" if device.type == "cuda" and on else "eager"
     mode = "eager" if compile is False else str(compile).lower()
     if mode not in STEP_MODES:
@@ -193,8 +195,8 @@ class Trainer:
         progress: show a progress bar (step, loss, time left).
         log: optional callback ``log(step, scalars: dict)`` called every ``log_every`` steps.
         log_every: steps between reads of the losses from the device (and log calls).
-        compile: how the step runs, see :func:`resolve_step_mode` (default: one CUDA graph per
-            step on CUDA, eager on the CPU).
+        compile: how the step runs, see :func:`resolve_step_mode` (default: eager; one CUDA
+            graph per step on CUDA with ``OMNIFAST_CUDA_GRAPH=1``).
         prefetch: draw the next batch in a worker thread while a step runs (default: on CUDA).
     """
 
