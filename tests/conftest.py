@@ -70,3 +70,17 @@ def saved_bytes_per_point(fn, num_points: int) -> int:
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         fn()
     return sum(saved)
+
+
+def record_calls(monkeypatch, owner, name: str, record=lambda *args, **kwargs: True) -> list:
+    """Wrap ``owner.name`` so that each call appends ``record(*args, **kwargs)`` to the returned
+    list, then runs the original (restored by ``monkeypatch`` after the test)."""
+    calls = []
+    original = getattr(owner, name)
+
+    def recording(*args, **kwargs):
+        calls.append(record(*args, **kwargs))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, recording)
+    return calls

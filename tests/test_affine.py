@@ -10,7 +10,7 @@ import math
 
 import pytest
 import torch
-from conftest import assert_close, saved_bytes_per_point
+from conftest import assert_close, record_calls, saved_bytes_per_point
 from kinks import assert_parity, kink_pre_activations, with_edited_kink
 
 import omnifast
@@ -244,14 +244,7 @@ def test_model_uses_fused_affine(monkeypatch):
 
         return inverse
 
-    calls = []
-    fused_apply = ops_bijection.AffineFunction.apply
-
-    def spy(*args):
-        calls.append(1)
-        return fused_apply(*args)
-
-    monkeypatch.setattr(ops_bijection.AffineFunction, "apply", spy)
+    calls = record_calls(monkeypatch, ops_bijection.AffineFunction, "apply")
     assert_parity(model("auto"), model("torch"), (x, fi, psi, t, *weights), [x, *weights],
                   ["x", *names], num_points=300, what="InvertibleMap")
     assert calls, "the automatic backend did not run the fused affine pre-layer"

@@ -10,7 +10,7 @@ import math
 
 import pytest
 import torch
-from conftest import assert_close, saved_bytes_per_point
+from conftest import assert_close, record_calls, saved_bytes_per_point
 from kinks import assert_parity, kink_pre_activations, with_edited_kink
 
 import omnifast
@@ -314,7 +314,6 @@ def test_model_bijection_uses_fused_path(monkeypatch):
     fi = torch.randint(0, 3, (100,))
     psi, t = torch.randn(3, 16), torch.rand(3)
     names, weights = zip(*net.named_parameters())
-    calls = []
 
     def model(backend):
         def forward(x, fi, psi, t, *weights):
@@ -323,13 +322,7 @@ def test_model_bijection_uses_fused_path(monkeypatch):
 
         return forward
 
-    fused_apply = ops_bijection.CouplingStackFunction.apply
-
-    def spy(*args):
-        calls.append(1)
-        return fused_apply(*args)
-
-    monkeypatch.setattr(ops_bijection.CouplingStackFunction, "apply", spy)
+    calls = record_calls(monkeypatch, ops_bijection.CouplingStackFunction, "apply")
     assert_parity(model("auto"), model("torch"), (x, fi, psi, t, *weights), [x, *weights],
                   ["x", *names], num_points=100, what="InvertibleMap")
     assert calls, "the automatic backend did not run the fused coupling stack"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import record_calls
 
 import omnifast
 from omnifast import runtime
@@ -77,17 +78,9 @@ def test_without_the_extension_the_calling_thread_is_set(monkeypatch):
     assert torch.tensor(SUBNORMAL) * 1.0 > 0
 
 
-def _records_state(monkeypatch, obj, name):
-    """Patch ``obj.name`` to record the flush-to-zero state it runs under."""
-    seen = []
-    original = getattr(obj, name)
-
-    def recording(*args, **kwargs):
-        seen.append(runtime.flush_to_zero_enabled())
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(obj, name, recording)
-    return seen
+def _records_state(monkeypatch, owner, name):
+    """Record the flush-to-zero state each call of ``owner.name`` runs under."""
+    return record_calls(monkeypatch, owner, name, lambda *a, **k: runtime.flush_to_zero_enabled())
 
 
 def test_tracking_runs_flushed_and_restores(monkeypatch):
