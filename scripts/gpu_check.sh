@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Everything a GPU machine can tell us, in 8 minutes: preflight, build, GPU parity tests, the
-# training-step benchmark, the op benchmarks, compute-sanitizer.
+# training-step benchmark, the networks' tensor-core kernels, the op benchmarks, compute-sanitizer.
 #
 #   scripts/gpu_check.sh OUT_DIR
 #
@@ -11,7 +11,8 @@
 # the GPU code. The stages run in order of value, each under its own `timeout`, inside one
 # overall budget (GPU_CHECK_BUDGET seconds, default 470): a stage that would not fit is skipped
 # and says so. Everything lands in OUT_DIR: env.txt, summary.txt, one log per stage,
-# step_bench.{json,md}, op_bench.json, and bundle.tar.gz with all of it (one file to bring back).
+# step_bench.{json,md}, net_bench.{json,md}, op_bench.json, and bundle.tar.gz with all of it (one
+# file to bring back).
 #
 # On the lent GPU machine (at most 8 files come back from $OUT):
 #   scripts/gpu_check.sh /tmp/gc; cp /tmp/gc/{summary.txt,step_bench.md,bundle.tar.gz} $OUT/
@@ -134,8 +135,8 @@ else
   # the training step's eager-vs-graph parity first, then the kernels' parity grids
   stage parity 100 "$PY" -m pytest -q -p no:cacheprovider --maxfail=20 --durations=10 \
     tests/test_train_step.py tests/test_composite.py tests/test_bijection.py \
-    tests/test_gabor.py tests/test_affine.py tests/test_dispatch.py \
-    -k "(cuda or triton or gpu or graph) and not dry_run"
+    tests/test_gabor.py tests/test_affine.py tests/test_dispatch.py tests/test_triton_mlp.py \
+    -k "(cuda or triton or gpu or graph or network or mlp) and not dry_run"
 fi
 
 # ------------------------------------------------------------------ 3. the training step
@@ -148,7 +149,20 @@ else
     --json "$OUT/step_bench.json" --md "$OUT/step_bench.md"
 fi
 
-# ------------------------------------------------------------------ 4. op benchmarks
+# ------------------------------------------------------------------ 4. the networks' kernels
+# each network at 65,536 samples, without the compiled reference (its compile costs minutes)
+if [ "$DRY" = 1 ]; then
+  stage net_bench 60 "$PY" -m pytest -q -p no:cacheprovider --collect-only \
+    benchmarks/bench_networks.py
+else
+  stage net_bench 150 "$PY" -m pytest -q -p no:cacheprovider benchmarks/bench_networks.py \
+    --benchmark-only -k "not ref_compile" --benchmark-json="$OUT/net_bench.json" \
+    --benchmark-columns=min,median,rounds
+  [ -f "$OUT/net_bench.json" ] && "$PY" scripts/bench_table.py "$OUT/net_bench.json" \
+    >"$OUT/net_bench.md" 2>&1
+fi
+
+# ------------------------------------------------------------------ 5. op benchmarks
 if [ "$DRY" = 1 ]; then
   stage op_bench 60 "$PY" -m pytest -q -p no:cacheprovider --collect-only \
     benchmarks/bench_composite.py benchmarks/bench_bijection.py
@@ -160,7 +174,7 @@ else
   summary "SKIP  op_bench: no CUDA kernels built"
 fi
 
-# ------------------------------------------------------------------ 5. compute-sanitizer, last
+# ------------------------------------------------------------------ 6. compute-sanitizer, last
 SAN=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
 if [ "$DRY" = 1 ]; then
   stage sanitizer 30 echo "dry run: would run ${SAN:-compute-sanitizer} --tool memcheck on the CUDA kernels' tests"

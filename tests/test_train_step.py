@@ -411,7 +411,8 @@ def test_gpu_check_dry_run_on_the_cpu(tmp_path):
                        env=env, capture_output=True, text=True, timeout=600)
     summary = (out / "summary.txt").read_text()
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    for stage in ("preflight", "build", "parity", "step_bench", "op_bench", "sanitizer"):
+    for stage in ("preflight", "build", "parity", "step_bench", "net_bench", "op_bench",
+                  "sanitizer"):
         assert stage in summary, summary
     assert "PASS  step_bench" in summary, summary
     assert (out / "step_bench.json").exists()
