@@ -17,6 +17,16 @@ import pytest  # noqa: E402
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
+from omnifast.config import ModelConfig, Preset, TrainConfig  # noqa: E402
+
+#: a model and schedule small enough for fits of a few steps in tests
+TINY_MODEL = ModelConfig(code_dim=8, code_hidden=16, coupling_hidden=(16, 16, 16), proj_dim=16,
+                         use_affine=False, color_hidden=16, num_samples=8)
+TINY_TRAIN = TrainConfig(num_iters=6, num_pairs=2, num_pts=16, checkpoint_every=2,
+                         cache_every=3, start_interval=2, interval_growth_steps=2,
+                         rgb_ramp_steps=2, dist_start=3, dist_ramp_steps=2, lr_decay_steps=4)
+TINY = Preset("tiny", TINY_MODEL, TINY_TRAIN)
+
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a CUDA device")

@@ -20,19 +20,14 @@ from pathlib import Path
 import cv2
 import pytest
 import torch
+from conftest import TINY
 
 import omnifast
 from omnifast import many, runtime
 from omnifast.cli import main
-from omnifast.config import ModelConfig, Preset, TrainConfig
+from omnifast.config import Preset
 from omnifast.datasets.synthetic import generate_clip
 
-TINY_MODEL = ModelConfig(code_dim=8, code_hidden=16, coupling_hidden=(16, 16, 16), proj_dim=16,
-                         use_affine=False, color_hidden=16, num_samples=8)
-TINY_TRAIN = TrainConfig(num_iters=6, num_pairs=2, num_pts=16, checkpoint_every=2,
-                         cache_every=3, start_interval=2, interval_growth_steps=2,
-                         rgb_ramp_steps=2, dist_start=3, dist_ramp_steps=2, lr_decay_steps=4)
-TINY = Preset("tiny", TINY_MODEL, TINY_TRAIN)
 #: long enough to be stopped in the middle (a kill, a Ctrl-C), checkpoints every 2 steps
 LONG = TINY.replace(num_iters=150, cache_every=50)
 SEED = 3

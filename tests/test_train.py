@@ -10,6 +10,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from conftest import TINY, TINY_MODEL, TINY_TRAIN
 
 from omnifast.config import ModelConfig, Preset, TrainConfig, get_preset
 from omnifast.data.motion import MotionData
@@ -19,13 +20,6 @@ from omnifast.train import losses as L
 from omnifast.train import trainer as trainer_mod
 from omnifast.train.sampler import PairSampler
 from omnifast.train.trainer import FitError, FitInterrupted, Trainer
-
-TINY_MODEL = ModelConfig(code_dim=8, code_hidden=16, coupling_hidden=(16, 16, 16), proj_dim=16,
-                         use_affine=False, color_hidden=16, num_samples=8)
-TINY_TRAIN = TrainConfig(num_iters=6, num_pairs=2, num_pts=16, checkpoint_every=2,
-                         cache_every=3, start_interval=2, interval_growth_steps=2,
-                         rgb_ramp_steps=2, dist_start=3, dist_ramp_steps=2, lr_decay_steps=4)
-TINY = Preset("tiny", TINY_MODEL, TINY_TRAIN)
 
 
 def translating_motion(t: int = 5, h: int = 32, w: int = 40, v=(1, 1), seed: int = 0
