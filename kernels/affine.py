@@ -96,6 +96,15 @@ def _theta_col(th, o, j: tl.constexpr):
 
 
 @triton.jit
+def _affine_params(th, o):
+    """theta [BLOCK_M, 16] (columns phi, a1, tx, a2, ty) -> (cos phi, sin phi, e^a1, tx, e^a2,
+    ty), each [BLOCK_M]."""
+    phi = _theta_col(th, o, 0)
+    return (tl.cos(phi), tl.sin(phi), tl.exp(_theta_col(th, o, 1)), _theta_col(th, o, 2),
+            tl.exp(_theta_col(th, o, 3)), _theta_col(th, o, 4))
+
+
+@triton.jit
 def _affine_out_fwd_kernel(A_ptr, W_ptr, B_ptr, WO_ptr, BO_ptr, X_ptr, Y_ptr, Z_ptr, TH_ptr, M, H,
                            lda, ldz, SAVE: tl.constexpr, INVERSE: tl.constexpr,
                            BF16_OUT: tl.constexpr, DOT: tl.constexpr, INTERP: tl.constexpr,
@@ -121,13 +130,7 @@ def _affine_out_fwd_kernel(A_ptr, W_ptr, B_ptr, WO_ptr, BO_ptr, X_ptr, Y_ptr, Z_
         wo_t = tl.load(WO_ptr + o[None, :] * H + cols[:, None], mask=o[None, :] < 5, other=0.0)
         th = _dot(a, wo_t, th, DOT, INTERP)
     th += tl.load(BO_ptr + o, mask=o < 5, other=0.0)[None, :]
-    phi = _theta_col(th, o, 0)
-    s1 = tl.exp(_theta_col(th, o, 1))
-    tx = _theta_col(th, o, 2)
-    s2 = tl.exp(_theta_col(th, o, 3))
-    ty = _theta_col(th, o, 4)
-    c = tl.cos(phi)
-    s = tl.sin(phi)
+    c, s, s1, tx, s2, ty = _affine_params(th, o)
     px = tl.load(X_ptr + rows * 3 + 0, mask=rmask, other=0.0)
     py = tl.load(X_ptr + rows * 3 + 1, mask=rmask, other=0.0)
     pz = tl.load(X_ptr + rows * 3 + 2, mask=rmask, other=0.0)
@@ -161,13 +164,7 @@ def _affine_head_bwd_kernel(G_ptr, X_ptr, TH_ptr, Z_ptr, WO_ptr, DX_ptr, DTH_ptr
     o = tl.arange(0, 16)
     th = tl.load(TH_ptr + rows[:, None] * 5 + o[None, :], mask=rmask[:, None] & (o[None, :] < 5),
                  other=0.0)
-    phi = _theta_col(th, o, 0)
-    s1 = tl.exp(_theta_col(th, o, 1))
-    tx = _theta_col(th, o, 2)
-    s2 = tl.exp(_theta_col(th, o, 3))
-    ty = _theta_col(th, o, 4)
-    c = tl.cos(phi)
-    s = tl.sin(phi)
+    c, s, s1, tx, s2, ty = _affine_params(th, o)
     px = tl.load(X_ptr + rows * 3 + 0, mask=rmask, other=0.0)
     py = tl.load(X_ptr + rows * 3 + 1, mask=rmask, other=0.0)
     gx = tl.load(G_ptr + rows * 3 + 0, mask=rmask, other=0.0)

@@ -26,29 +26,27 @@ _PROBE = ("import torch\n"
           "torch.relu(torch.ones(1, 8, 4, 4).to_mkldnn())\n")
 
 
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo`` on Linux), or what the platform module says."""
+def _cpuinfo_field(name: str) -> str | None:
+    """The first ``name : value`` line of ``/proc/cpuinfo`` (None where it is absent)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
-                if line.startswith("model name"):
+                if line.startswith(name):
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux), or what the platform module says."""
+    return _cpuinfo_field("model name") or platform.processor() or platform.machine()
 
 
 def cpu_flags() -> list[str]:
     """Which of :data:`ISA_FLAGS` the CPU reports (empty where ``/proc/cpuinfo`` is absent)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    present = set(line.split(":", 1)[1].split())
-                    return [flag for flag in ISA_FLAGS if flag in present]
-    except OSError:
-        pass
-    return []
+    present = set((_cpuinfo_field("flags") or "").split())
+    return [flag for flag in ISA_FLAGS if flag in present]
 
 
 def math_library_isas(timeout: float = 60.0) -> dict[str, str]:
