@@ -5,6 +5,8 @@ triton is imported (triton 3.6 requires that), so it is set here, at collection 
 """
 
 import os
+import random
+from pathlib import Path
 
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 
@@ -13,6 +15,8 @@ import torch  # noqa: E402
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
@@ -26,6 +30,64 @@ TINY_TRAIN = TrainConfig(num_iters=6, num_pairs=2, num_pts=16, checkpoint_every=
                          cache_every=3, start_interval=2, interval_growth_steps=2,
                          rgb_ramp_steps=2, dist_start=3, dist_ramp_steps=2, lr_decay_steps=4)
 TINY = Preset("tiny", TINY_MODEL, TINY_TRAIN)
+
+
+#: the seed every seeded test starts from (the ``seed`` fixture)
+SEED = 0
+
+
+@pytest.fixture
+def seed() -> int:
+    """Seed torch, numpy's global generator and ``random`` with :data:`SEED`; returns it."""
+    torch.manual_seed(SEED)
+    np.random.seed(SEED)
+    random.seed(SEED)
+    return SEED
+
+
+def texture(h: int, w: int, seed: int = 0, sigma: float = 2.0) -> np.ndarray:
+    """A random smooth RGB texture, uint8 [H, W, 3], using the full 0..255 range."""
+    rng = np.random.default_rng(seed)
+    img = cv2.GaussianBlur(rng.random((h, w, 3)).astype(np.float32), (0, 0), sigma)
+    img = (img - img.min()) / (img.max() - img.min())
+    return (img * 255).round().astype(np.uint8)
+
+
+def translating(t: int = 6, h: int = 32, w: int = 40, dx: float = 1.0, dy: float = 0.5,
+                seed: int = 0, pad: int = 40) -> np.ndarray:
+    """A clip uint8 [T, H, W, 3] whose frame k shows a texture moved by (k dx, k dy): the true
+    flow i -> j is (j - i)(dx, dy) wherever the texture stays in view."""
+    big = texture(h + 2 * pad, w + 2 * pad, seed)
+    out = []
+    for k in range(t):
+        m = np.float32([[1, 0, pad - dx * k], [0, 1, pad - dy * k]])
+        out.append(cv2.warpAffine(big, m, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP))
+    return np.stack(out)
+
+
+def write_frames(folder: Path, frames: np.ndarray) -> Path:
+    """Write frames [T, H, W, 3] (RGB) as a folder of lossless PNGs 000.png, 001.png, ..."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for k, frame in enumerate(frames):
+        cv2.imwrite(str(folder / f"{k:03d}.png"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_clip() -> np.ndarray:
+    """6 frames of 32x40 moving by (1, 0.5) px per frame (:func:`translating`), read-only."""
+    clip = translating()
+    clip.setflags(write=False)
+    return clip
+
+
+@pytest.fixture(scope="session")
+def tiny_motion(tiny_clip):
+    """DIS motion (chained) of :func:`tiny_clip`, computed once per session without the cache."""
+    from omnifast.data.flow import compute_motion  # noqa: PLC0415
+
+    return compute_motion(tiny_clip, cache_dir=False, progress=False, workers=2)
 
 
 def pytest_configure(config):
