@@ -1,6 +1,6 @@
 """How the flow-filter thresholds of :func:`omnifast.data.flow.compute_motion` were chosen.
 
-Run ``python -m omnifast.data.filter_study`` (about 15 s on 2 cores). It generates a clip with
+Run ``python benchmarks/quality/filter_study.py`` (about 15 s on 2 cores). It generates a clip with
 known motion and visibility, a textured background translating by (1, 0.5) px per frame and a
 textured 36x36 square moving by (-2.5, 1.5) px per frame in front of it (10 frames of 96x128),
 computes DIS flow for every ordered pair once, and reports, for several thresholds:

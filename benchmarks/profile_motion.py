@@ -1,9 +1,9 @@
 """Time :func:`omnifast.data.flow.compute_motion` stage by stage on a generated clip.
 
-``python -m omnifast.data.profile_motion --frames 24 --height 144 --width 256`` builds a
+``python benchmarks/profile_motion.py --frames 24 --height 144 --width 256`` builds a
 translating-texture clip, runs ``compute_motion`` once into a temporary cache (timing DIS flow,
 filtering and chaining, each summed over the worker threads) and once more (a cache hit), and
-prints one line. Run it under ``flock /tmp/omnifast-bench.lock`` on a shared machine.
+prints one line. Run it under ``flock -x /tmp/omnifast-cpu.lock`` on a shared machine.
 """
 
 from __future__ import annotations
