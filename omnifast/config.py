@@ -125,39 +125,15 @@ OMNIMOTION = Preset(
 def _cpu_preset() -> Preset:
     """A preset sized so that fitting a short clip on 2 CPU cores takes minutes.
 
-    What was shrunk, and why: a paper-default step is about 2.4 TFLOP, which is 20-30 s on a
-    2-core CPU (~130 GFLOP/s in fp32). This preset keeps the method (6 coupling layers, the same
-    encodings, losses and schedules) and shrinks the cost per step by about 500x:
+    What was shrunk: the method is kept (6 coupling layers, the same encodings, losses and
+    schedules) at about 1/500 of the cost per step: coupling MLPs 64 wide and codes 32 (the
+    original: 256 and 128), a colour/density net 128 wide (512), no affine pre-layer, 16 samples
+    per ray (32), 4 pairs x 128 points per step (8 x 256), 2,000 steps (100,000) with the loss
+    schedules compressed in proportion and the learning rates halving every 800 steps; a
+    bijection learning rate of 3e-3 (1e-4), a density bias of 2 (1), and the error cache
+    refreshed at steps 800 and 1600 on every 2nd pixel.
 
-    * coupling MLPs 256 -> 64 wide and codes 128 -> 32 (16x fewer MACs per point);
-    * colour/density net 512 -> 128 wide (16x);
-    * no affine pre-layer (it is 22% of the bijection and not needed on short clips);
-    * 16 samples per ray instead of 32, 4 pairs x 128 points per step instead of 8 x 256;
-    * 2,000 steps instead of 100,000, with the loss schedules compressed in the same
-      proportion (photometric weight reaching 10 at mid-run, flow-gradient weight 0.1 from a
-      quarter of the run, distortion from 40% of the run, full within 2% more, pair interval +1
-      every 40 steps, mask_near for the first 4%); the learning rates halve every 800 steps
-      (40% of the run, where the original halves every 20%: the short run needs its step size
-      for longer; halving every 500 scored the same on `hard`). 2,000 steps take 430-510 s
-      on an idle 2-core machine for a 24-frame 96x128 clip, optical flow included; against
-      1,000 steps (the earlier preset) they raised dAvg on the synthetic suite from 0.750 to
-      0.800 (easy 0.937 -> 0.971, medium 0.787 -> 0.819, hard 0.499 -> 0.610);
-    * the bijection's learning rate is 3e-3 (the original's 1e-4 is tuned for 100k steps):
-      with 3e-4, a 1,000-step fit left every layer's surface on the nearest ray sample, and
-      the foreground layers moved with the background (see benchmarks/RESULTS.md, quality);
-    * the density bias is 2 instead of the original's 1: with 1, the initial densities put
-      about 63% of every ray's weight on its 3 nearest samples, all layers start as one surface
-      at the front, and on fast clips a foreground layer settles at the background's depth;
-      2 spreads the initial weight along the ray (1,000-step fits, dAvg: easy 0.877 -> 0.937,
-      hard 0.422 -> 0.527, medium 0.804 -> 0.787 and 0.772 -> 0.775 on two seeds; see
-      benchmarks/RESULTS.md, quality);
-    * the error cache (hard mining) is refreshed at steps 800 and 1600 and predicted on every
-      2nd pixel (upsampled), which makes it 4x cheaper.
-
-    Measured on an idle 2-core machine: about 0.21-0.23 s per step on 2 threads (0.4-0.45 s
-    CPU time of one thread), 2 s per rendered 96x128 frame, 5-10 s for the full-resolution
-    optical flow of a 24-frame 96x128 clip. ``make demo`` runs 500 steps of this preset
-    (median tracking error about 0.2 px on its generated clip). See benchmarks/RESULTS.md.
+    Why each value, and the measured step times and quality: docs/studies.md ("The cpu preset").
     """
     model = ModelConfig(
         code_dim=32, code_hidden=64, code_layers=2,

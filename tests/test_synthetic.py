@@ -1,7 +1,5 @@
 """The synthetic benchmark generator: determinism, exact ground truth, difficulty properties."""
 
-import time
-
 import numpy as np
 import pytest
 
@@ -48,10 +46,9 @@ def test_deterministic_per_seed():
     assert not np.array_equal(a.video, c.video)
 
 
-def test_fast_default_size():
-    t0 = time.perf_counter()
-    generate_clip("hard", seed=1)  # 24 frames of 96 x 128
-    assert time.perf_counter() - t0 < 1.0
+def test_default_size():
+    c = generate_clip("hard", seed=1)  # its speed: benchmarks/bench_synthetic.py
+    assert c.video.shape == (24, 96, 128, 3) and c.tracks.shape[1] == 24
 
 
 def test_ground_truth_of_default_queries_matches(clips):

@@ -237,42 +237,12 @@ def compute_motion(frames: np.ndarray, *, cache_dir: str | os.PathLike | bool | 
     * occluded (only |i - j| <= 2): e_fb > ``occlusion_min_error``, the second forward hop
       agrees (e_fbf < ``occlusion_threshold``) and the target lies inside the image.
 
-    Thresholds, tuned for DIS on generated clips (a textured background and a textured square
-    moving over it, 10 frames of 96x128, ground-truth flow and visibility known; the study is
-    ``python -m omnifast.data.filter_study``):
-
-    * ``cycle_threshold`` 1.5 px instead of RAFT's 3 px. DIS's variational refinement makes its
-      flow smooth, so its errors near occlusions are often forward-backward consistent and a
-      loose test lets them through. From 3 px down to 0.75 px the recall of correct (< 1 px)
-      visible correspondences stayed flat (0.964 -> 0.959 for |i - j| <= 2) while the share of
-      accepted pixels off by more than 2 px fell (2.3% at 3 px, 1.8% at 1.5 px, 1.1% at
-      0.75 px). 1.5 px rather than lower leaves headroom for real footage (blur, compression,
-      non-rigid motion), where DIS's residual errors on trackable pixels are larger.
-    * occlusion: the original's constants (e_fb > 4.5 px, e_fbf < 3 px) are kept and decoupled
-      from ``cycle_threshold``. With DIS the test is weak: it flags few pixels (4% of the truly
-      occluded ones), of which 72% were truly occluded with a good flow; tying it to 1.5 px
-      (e_fb > 2.25, e_fbf < 1.5) flagged 5x more pixels but only 22% of them correctly, and a
-      wrongly "occluded" pixel is trusted supervision, so precision wins.
-
-    The DINO test (cosine > 0.5 for |i - j| >= 3) needs ViT weights that are not available.
-    It is replaced by an appearance test: the RGB distance (in [0, 1] units) between frame i at
-    p and frame j at q, both smoothed with a Gaussian of ``appearance_sigma`` px (a crude local
-    descriptor, tolerant to sub-pixel misalignment), must stay below ``appearance_threshold``,
-    and q must lie inside the image (an outside target read zero DINO features, which failed).
-    In the study above it cut the share of accepted far-pair pixels off by more than 2 px from
-    9.8% (no test) to 2.0% at 0.12, for a recall of 0.843 instead of 0.847 (0.08: 0.75% and
-    0.835). On the synthetic clips of :mod:`omnifast.datasets.synthetic` (16 frames of 96x128,
-    exact flow) it raised the precision of far pairs (|i - j| >= 3: share of accepted pixels
-    visible and within 1 px) from 0.795 to 0.905 ("medium") and from 0.633 to 0.895 ("hard"),
-    for recalls of 0.806 -> 0.797 and 0.584 -> 0.569. Unlike DINO it is not invariant to
-    lighting, so clips with strong illumination changes lose far pairs.
-
-    Chained correspondences drift (sub-pixel errors add up hop by hop) in ways a loose colour
-    test cannot see, so chaining uses a tighter ``chain_appearance_threshold``. On the same
-    synthetic clips (two seeds each of "medium" and "hard"; ``python -m
-    omnifast.data.filter_study --synthetic``) chaining raised far-pair recall by 1.5-9.4 points;
-    with the threshold at 0.12 it cost 4-15 points of precision, at 0.06 it cost 1.5-7 points
-    for a recall lower by at most 0.5 points than at 0.12.
+    The far-pair appearance test replaces the original's DINO test (cosine > 0.5), which needs
+    ViT weights that are not available: the RGB distance (in [0, 1] units) between frame i at p
+    and frame j at q, both smoothed with a Gaussian of ``appearance_sigma`` px, must stay below
+    ``appearance_threshold``, and q must lie inside the image. Chaining uses its own, tighter
+    ``chain_appearance_threshold``. How every threshold was chosen, with the numbers:
+    docs/studies.md ("Motion preprocessing").
 
     flow_stats[i, j] counts the valid pixels (cycle or occluded) and count_maps[i] sums the valid
     masks over j, as in the original. With ``chain`` (the original always chains), long-range
@@ -283,9 +253,8 @@ def compute_motion(frames: np.ndarray, *, cache_dir: str | os.PathLike | bool | 
     hash plus every setting above. An entry is built in a temporary folder and renamed into
     place, so a killed run never leaves a half entry; the next call with the same clip and
     settings loads it (flows and masks memory-mapped) instead of recomputing. An entry takes
-    about T^2 * H * W * 10 bytes (T = 50 frames at 256x144: 0.93 GB), like the original's
-    exhaustive flow folder; pixel thresholds refer to the resolution of ``frames`` (after any
-    ``max_side`` resize of the clip).
+    about T^2 * H * W * 10 bytes, like the original's exhaustive flow folder; pixel thresholds
+    refer to the resolution of ``frames`` (after any ``max_side`` resize of the clip).
 
     Args:
         frames: ``[T, H, W, 3]`` uint8 RGB clip, T >= 2.
@@ -296,10 +265,9 @@ def compute_motion(frames: np.ndarray, *, cache_dir: str | os.PathLike | bool | 
         workers: threads over pairs (default: the number of CPU cores). With more than one,
             OpenCV's own threading is set to 1 while this runs (restored afterwards).
         preset: DIS preset: "ultrafast", "fast" or "medium".
-        finest_scale: DIS pyramid level of the final flow: 0 (default) is full resolution;
-            None keeps the preset's (1, half resolution, for "medium"). On the synthetic clips
-            (96x128) full resolution raised the share of adjacent-pair foreground pixels within
-            1 px of the truth from 0.68 to 0.91 ("hard") for twice the flow time.
+        finest_scale: DIS pyramid level of the final flow: 0 (default) is full resolution
+            (about twice the flow time of half resolution, and more accurate); None keeps the
+            preset's (1, half resolution, for "medium").
         cycle_threshold: forward-backward threshold in pixels (original: 3.0 with RAFT).
         occlusion_threshold: second-hop threshold of the occlusion test in pixels (original 3.0).
         occlusion_min_error: forward-backward error above which a pixel can be occluded
@@ -311,11 +279,8 @@ def compute_motion(frames: np.ndarray, *, cache_dir: str | os.PathLike | bool | 
         chain_rgb_threshold: raw RGB distance allowed along a chain (original: 0.3).
         chain_direct_max_interval: while chaining, a direct flow of a pair further apart than
             this is no longer trusted (None: trusted at every gap, as the original); the chain
-            alone then decides (see :mod:`omnifast.data.chain`). Direct DIS flows across many
-            frames can be wrong and still pass the cycle and appearance tests: on the "hard"
-            synthetic clip 18.5% of the background pixels used at gaps of 13-23 frames were off
-            by more than 2 px with them trusted, 0.7% with the limit at 6, for a higher recall
-            (``benchmarks/quality/motion_quality.py``).
+            alone then decides (see :mod:`omnifast.data.chain`): direct DIS flows across many
+            frames can be wrong and still pass the cycle and appearance tests.
 
     Returns:
         The clip's :class:`MotionData` (``source`` "dis" or "dis+chain").
