@@ -4,6 +4,7 @@ Without a GPU, Triton kernels run under the interpreter: TRITON_INTERPRET must b
 triton is imported (triton 3.6 requires that), so it is set here, at collection start.
 """
 
+import dataclasses
 import os
 import random
 from pathlib import Path
@@ -22,6 +23,7 @@ import pytest  # noqa: E402
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 from omnifast.config import ModelConfig, Preset, TrainConfig  # noqa: E402
+from omnifast.data.motion import MotionData  # noqa: E402
 
 #: a model and schedule small enough for fits of a few steps in tests
 TINY_MODEL = ModelConfig(code_dim=8, code_hidden=16, coupling_hidden=(16, 16, 16), proj_dim=16,
@@ -30,6 +32,8 @@ TINY_TRAIN = TrainConfig(num_iters=6, num_pairs=2, num_pts=16, checkpoint_every=
                          cache_every=3, start_interval=2, interval_growth_steps=2,
                          rgb_ramp_steps=2, dist_start=3, dist_ramp_steps=2, lr_decay_steps=4)
 TINY = Preset("tiny", TINY_MODEL, TINY_TRAIN)
+#: the same with the affine pre-layer (checkpoint layouts, model mapping behaviour)
+TINY_AFFINE_MODEL = dataclasses.replace(TINY_MODEL, use_affine=True, affine_hidden=16)
 
 
 #: the seed every seeded test starts from (the ``seed`` fixture)
@@ -63,6 +67,28 @@ def translating(t: int = 6, h: int = 32, w: int = 40, dx: float = 1.0, dy: float
         m = np.float32([[1, 0, pad - dx * k], [0, 1, pad - dy * k]])
         out.append(cv2.warpAffine(big, m, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP))
     return np.stack(out)
+
+
+def translating_motion(t: int = 5, h: int = 32, w: int = 40, v=(1, 1), seed: int = 0
+                       ) -> MotionData:
+    """A random texture moving by v = (dx, dy) integer px per frame, with exact flows."""
+    rng = np.random.default_rng(seed)
+    pad = max(abs(v[0]), abs(v[1])) * t + 2
+    big = (rng.random((h + 2 * pad, w + 2 * pad, 3)) * 255).astype(np.uint8)
+    frames = np.stack([big[pad - v[1] * k: pad - v[1] * k + h, pad - v[0] * k: pad - v[0] * k + w]
+                       for k in range(t)])
+    ys, xs = np.mgrid[0:h, 0:w]
+    flows = np.zeros((t, t, h, w, 2), np.float32)
+    cycle = np.zeros((t, t, h, w), bool)
+    for i in range(t):
+        for j in range(t):
+            if i != j:
+                dx, dy = v[0] * (j - i), v[1] * (j - i)
+                flows[i, j] = (dx, dy)
+                cycle[i, j] = (xs + dx >= 0) & (xs + dx < w) & (ys + dy >= 0) & (ys + dy < h)
+    occluded = np.zeros_like(cycle)
+    return MotionData(frames, flows, cycle, occluded, cycle.sum((2, 3)).astype(np.int64),
+                      cycle.sum(1).astype(np.int32), source="test")
 
 
 def write_frames(folder: Path, frames: np.ndarray) -> Path:

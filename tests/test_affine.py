@@ -223,11 +223,10 @@ def test_auto_dispatch_prefers_fused_cpu_and_falls_back():
         resolve("affine", torch.device("cpu"), torch.float16)
 
 
-def test_model_uses_fused_affine(monkeypatch):
+def test_model_uses_fused_affine(monkeypatch, seed):
     from omnifast.config import ModelConfig
     from omnifast.model.nvp import InvertibleMap
 
-    torch.manual_seed(0)
     cfg = ModelConfig(code_dim=16, coupling_hidden=(32, 32), proj_dim=32, use_affine=True,
                       affine_hidden=32, affine_layers=4)
     net = InvertibleMap(cfg, coords=(1, 0, 2, 1, 0, 2))

@@ -301,13 +301,12 @@ def test_auto_dispatch_prefers_fused_cpu_and_falls_back():
         resolve("coupling_stack", torch.device("cpu"), torch.float16)
 
 
-def test_model_bijection_uses_fused_path(monkeypatch):
+def test_model_bijection_uses_fused_path(monkeypatch, seed):
     if _unavailable("cpu"):
         pytest.skip(_unavailable("cpu"))
     from omnifast.config import ModelConfig
     from omnifast.model.nvp import InvertibleMap
 
-    torch.manual_seed(0)
     cfg = ModelConfig(code_dim=16, coupling_hidden=(32, 32, 32), proj_dim=32, use_affine=False)
     net = InvertibleMap(cfg, coords=COORDS)
     x = (torch.rand(100, 3) * 2 - 1).requires_grad_()

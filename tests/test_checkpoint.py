@@ -1,15 +1,16 @@
 """Checkpoints: omnifast's own format and the original OmniMotion layout."""
 
+import dataclasses
+
 import pytest
 import torch
+from conftest import TINY_AFFINE_MODEL
 
 import omnifast
 from omnifast.config import ModelConfig
 from omnifast.model import OmniMotion, sample_depths, unproject
 
-SMALL = ModelConfig(code_dim=8, code_hidden=16, num_coupling=6, coupling_hidden=(16, 16, 16),
-                    proj_dim=16, use_affine=True, affine_hidden=16, affine_layers=8,
-                    color_hidden=16, num_samples=8)
+SMALL = dataclasses.replace(TINY_AFFINE_MODEL, affine_layers=8)
 
 
 def _outputs(model, x, frames):

@@ -17,10 +17,9 @@ import threading
 import time
 from pathlib import Path
 
-import cv2
 import pytest
 import torch
-from conftest import TINY
+from conftest import TINY, write_frames
 
 import omnifast
 from omnifast import many, runtime
@@ -37,10 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def write_clip(folder: Path, seed: int, frames: int = 4) -> Path:
     """A generated 24x32 clip as a folder of PNG frames (lossless: every reader sees the same)."""
     clip = generate_clip("easy", num_frames=max(frames, 2), height=24, width=32, seed=seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    for k, frame in enumerate(clip.video[:frames]):
-        cv2.imwrite(str(folder / f"{k:03d}.png"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-    return folder
+    return write_frames(folder, clip.video[:frames])
 
 
 def params(model) -> dict[str, torch.Tensor]:

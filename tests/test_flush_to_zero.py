@@ -84,13 +84,12 @@ def _records_state(monkeypatch, owner, name):
 
 
 def test_tracking_runs_flushed_and_restores(monkeypatch):
-    from omnifast.config import ModelConfig
+    from conftest import TINY_MODEL
+
     from omnifast.model.omnimotion import OmniMotion
     from omnifast.track import Tracker
 
-    cfg = ModelConfig(code_dim=8, code_hidden=16, coupling_hidden=(16, 16), proj_dim=16,
-                      use_affine=False, color_hidden=16, num_samples=8)
-    tracker = Tracker(OmniMotion(cfg, 3, seed=0), 12, 16, preset="tiny")
+    tracker = Tracker(OmniMotion(TINY_MODEL, 3, seed=0), 12, 16, preset="tiny")
     seen = _records_state(monkeypatch, tracker.model, "map_points")
     tracker.track(np.array([[0, 3, 4]], np.float32))
     assert seen and all(seen)

@@ -4,15 +4,14 @@ import math
 
 import pytest
 import torch
+from conftest import TINY_AFFINE_MODEL
 
 import omnifast
 from omnifast.config import ModelConfig
 from omnifast.model import OmniMotion, contract, project, sample_depths, unproject
 from omnifast.reference.bijection import positional_encoding
 
-SMALL = ModelConfig(code_dim=8, code_hidden=16, num_coupling=6, coupling_hidden=(16, 16, 16),
-                    proj_dim=16, use_affine=True, affine_hidden=16, color_hidden=16,
-                    num_samples=8)
+SMALL = TINY_AFFINE_MODEL
 
 
 @pytest.fixture(scope="module")

@@ -10,38 +10,15 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, TINY_MODEL, TINY_TRAIN
+from conftest import TINY, TINY_MODEL, TINY_TRAIN, translating_motion
 
 from omnifast.config import ModelConfig, Preset, TrainConfig, get_preset
-from omnifast.data.motion import MotionData
 from omnifast.model.checkpoint import CheckpointError
 from omnifast.model.omnimotion import OmniMotion
 from omnifast.train import losses as L
 from omnifast.train import trainer as trainer_mod
 from omnifast.train.sampler import PairSampler
 from omnifast.train.trainer import FitError, FitInterrupted, Trainer
-
-
-def translating_motion(t: int = 5, h: int = 32, w: int = 40, v=(1, 1), seed: int = 0
-                       ) -> MotionData:
-    """A random texture moving by v = (dx, dy) integer px per frame, with exact flows."""
-    rng = np.random.default_rng(seed)
-    pad = max(abs(v[0]), abs(v[1])) * t + 2
-    big = (rng.random((h + 2 * pad, w + 2 * pad, 3)) * 255).astype(np.uint8)
-    frames = np.stack([big[pad - v[1] * k: pad - v[1] * k + h, pad - v[0] * k: pad - v[0] * k + w]
-                       for k in range(t)])
-    ys, xs = np.mgrid[0:h, 0:w]
-    flows = np.zeros((t, t, h, w, 2), np.float32)
-    cycle = np.zeros((t, t, h, w), bool)
-    for i in range(t):
-        for j in range(t):
-            if i != j:
-                dx, dy = v[0] * (j - i), v[1] * (j - i)
-                flows[i, j] = (dx, dy)
-                cycle[i, j] = (xs + dx >= 0) & (xs + dx < w) & (ys + dy >= 0) & (ys + dy < h)
-    occluded = np.zeros_like(cycle)
-    return MotionData(frames, flows, cycle, occluded, cycle.sum((2, 3)).astype(np.int64),
-                      cycle.sum(1).astype(np.int32), source="test")
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, TINY_MODEL, TINY_TRAIN
-from test_train import translating_motion
+from conftest import TINY, TINY_MODEL, TINY_TRAIN, translating_motion
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import omnifast
