@@ -11,11 +11,12 @@ EXT_SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o
 	setup.py pyproject.toml omnifast/_build_config.py
 PYTEST_ARGS ?=
 
-.PHONY: install ext test test-restricted-isa fuzz demo bench clean lint check-sm90 check-triton36 help
+.PHONY: install ext test test-slow test-restricted-isa fuzz demo bench clean lint check-sm90 check-triton36 help
 
 help:
 	@echo "make install   create .venv, install pinned dependencies and Ray, build omnifast._C"
 	@echo "make test      install, then run the test suite (op parity also with AVX2-only math libraries)"
+	@echo "make test-slow the slow end-to-end tests that make test leaves out (faster tests cover their code)"
 	@echo "make fuzz      CPU op parity over many random cases (OMNIFAST_FUZZ_CASES, default 200)"
 	@echo "make demo      install, then fit a generated clip and write the pictures"
 	@echo "make bench     install, then run the benchmark suites"
@@ -50,6 +51,10 @@ ext: $(DEPS_STAMP)
 test: install check-sm90
 	$(PY) -m pytest -q tests -m "not slow" $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory test-restricted-isa
+
+# End-to-end tests left out of `make test`: a faster test covers the code each one runs.
+test-slow: install
+	$(PY) -m pytest -q tests -m slow $(PYTEST_ARGS)
 
 # Rounding in torch's matrix products follows the code path oneMKL and oneDNN pick for the CPU:
 # the op parity tests run again with both held to AVX2, as on a CPU without AVX-512.

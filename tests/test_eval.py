@@ -280,6 +280,33 @@ def _parse_eval(argv):
     return parser.parse_args(["eval", *argv])
 
 
+def test_eval_refined_row_with_few_queries(tmp_path):
+    """The refined row, the target and the pictures of an evaluation, on 32 queries of one clip
+    (the slow test below runs the command on two clips of 256 queries)."""
+    from omnifast.datasets.synthetic import generate_clip
+    from omnifast.eval.run import run_eval, synthetic_clips
+
+    clips = synthetic_clips(["hard"], num_frames=8, height=32, width=48, seed=1, num_queries=32)
+
+    def fit_fn(video, **kw):
+        return _OracleTracker(generate_clip("hard", num_frames=8, height=32, width=48, seed=1),
+                              jitter=0.1)
+
+    res = run_eval(clips, tmp_path, iters=3, fit_fn=fit_fn, baselines=["chained_flow"],
+                   progress=False, quiet=True)
+    methods = res["clips"]["hard-s1"]["methods"]
+    assert set(methods) == {"omnifast", "omnifast_refined", "chained_flow"}
+    om, ref = methods["omnifast"], methods["omnifast_refined"]
+    assert om["occlusion_accuracy"] == ref["occlusion_accuracy"]  # refinement moves positions
+    assert 0.5 < ref["average_pts_within_thresh"] <= 1.0
+    assert ref["track_seconds"] >= om["track_seconds"]
+    assert res["target"]["refined_davg_gap"] == pytest.approx(
+        ref["average_pts_within_thresh"] - methods["chained_flow"]["average_pts_within_thresh"])
+    for name in ("quality_bars.png", "threshold_curves.png", "hard-s1/compare.mp4"):
+        assert (tmp_path / name).stat().st_size > 1000, name
+
+
+@pytest.mark.slow
 def test_eval_command_with_a_stub_fit(tmp_path, capsys):
     from omnifast.datasets.synthetic import generate_clip
 
