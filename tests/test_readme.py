@@ -14,7 +14,8 @@ def first_python_block(text: str) -> str:
     return match.group(1)
 
 
-def test_readme_example_runs_as_pasted(capsys):
+def test_readme_example_runs_as_pasted(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("OMNIFAST_CACHE_DIR", str(tmp_path))  # the motion cache: not the user's
     code = first_python_block(README.read_text())
     namespace: dict = {"__name__": "__readme__"}
     exec(compile(code, str(README), "exec"), namespace)  # noqa: S102
