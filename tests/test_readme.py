@@ -16,6 +16,7 @@ def first_python_block(text: str) -> str:
 
 def test_readme_example_runs_as_pasted(capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("OMNIFAST_CACHE_DIR", str(tmp_path))  # the motion cache: not the user's
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the fit's threads: a tiny model, a busy machine
     code = first_python_block(README.read_text())
     namespace: dict = {"__name__": "__readme__"}
     exec(compile(code, str(README), "exec"), namespace)  # noqa: S102
