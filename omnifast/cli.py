@@ -79,7 +79,8 @@ def cmd_fit_many(args: argparse.Namespace) -> int:
                            pictures=not args.no_pictures, device=args.device,
                            cpus_per_fit=args.cpus_per_fit, gpus_per_fit=args.gpus_per_fit,
                            threads=args.threads, address=args.address,
-                           max_retries=args.max_retries, progress=not args.quiet)
+                           max_retries=args.max_retries, progress=not args.quiet,
+                           tracks=args.tracks, tensorboard=args.tensorboard)
     except FitManyInterrupted as exc:
         print(format_table(exc.results))
         print(f"omnifast: {exc}", file=sys.stderr)
@@ -241,6 +242,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="times a fit is restarted after its worker or node died (default 3)")
     p.add_argument("--no-pictures", action="store_true", dest="no_pictures",
                    help="write only tracker.pt and tracks.npz, not the videos and sheets")
+    p.add_argument("--tracks", default=None, metavar="PATTERN",
+                   help="each video's external tracks, a path with {name} in it (e.g. "
+                        "'ext/{name}.npz'; as `omnifast fit --tracks`)")
+    p.add_argument("--tensorboard", default=None, metavar="DIR",
+                   help="write each video's TensorBoard logs to DIR/<name>")
     p.set_defaults(func=cmd_fit_many)
 
     p = sub.add_parser("track", help="track query points with a fitted tracker")
