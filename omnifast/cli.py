@@ -10,8 +10,12 @@ and exits with status 130.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import platform
+import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
 
@@ -271,6 +275,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """Treat SIGTERM (``kill``, a job scheduler's stop) like Ctrl-C while a command runs: a fit
+    stops after its current step with its checkpoint saved, ``fit-many`` stops every fit so."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def as_interrupt(signum, frame):
+        os.kill(os.getpid(), signal.SIGINT)  # whatever handles Ctrl-C now handles it
+
+    previous = signal.signal(signal.SIGTERM, as_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns (and, as a console script, exits with) the status."""
     parser = build_parser()
@@ -279,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     from omnifast.train.trainer import FitInterrupted  # noqa: PLC0415
 
     try:
-        with flush_to_zero():  # subnormal floats would slow the CPU math ~5x
+        with flush_to_zero(), _terminate_as_interrupt():  # subnormals slow the CPU math ~5x
             status = args.func(args)
     except FitInterrupted as exc:
         print(f"omnifast: {exc}", file=sys.stderr)
