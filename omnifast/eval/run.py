@@ -404,7 +404,7 @@ def evaluate_clip(clip: EvalClip, *, fit_fn: Callable | None = None, preset: str
         if load is not None:
             _log(f"[{clip.name}] loading {load}", quiet)
             tracker = _load_tracker(load)
-            fit_s = float(getattr(tracker, "info", {}).get("fit_seconds", float("nan")))
+            fit_s = float(tracker.info.get("fit_seconds", float("nan")))
         else:
             _log(f"[{clip.name}] fitting omnifast (preset {preset}, iters "
                  f"{iters if iters is not None else 'preset default'})", quiet)
@@ -423,7 +423,7 @@ def evaluate_clip(clip: EvalClip, *, fit_fn: Callable | None = None, preset: str
         track_s = time.perf_counter() - t1
         tr, occ = np.asarray(tr, np.float64), np.asarray(occ, bool)
         res = score_tracks(clip, tr, occ)
-        info = getattr(tracker, "info", {}) or {}
+        info = tracker.info
         res.update(fit_seconds=fit_s, track_seconds=track_s,
                    steps=info.get("steps"), optimise_seconds=info.get("fit_seconds"))
         results[METHOD_OMNIFAST], preds[METHOD_OMNIFAST] = res, (tr, occ)
