@@ -41,10 +41,10 @@ import torch
 
 from omnifast.config import Preset, config_to_dict, get_preset
 from omnifast.data.motion import MotionData
-from omnifast.dispatch import PRECISIONS, matmul_precision
 from omnifast.model.checkpoint import CheckpointError, _atomic_save
 from omnifast.model.omnimotion import DEFAULT_SEED, OmniMotion
 from omnifast.model.rays import Rays
+from omnifast.precision import PRECISIONS, matmul_precision
 from omnifast.train import losses as _losses
 from omnifast.train.sampler import Batch, BatchPrefetcher, PairSampler
 
