@@ -17,12 +17,7 @@ import torch.nn.functional as F
 
 from omnifast.model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from omnifast.model.omnimotion import OmniMotion
-from omnifast.model.rays import (  # noqa: F401 (re-exported: the occlusion rule's constants)
-    EPS_FACTOR,
-    OCCLUSION_THRESHOLD,
-    Rays,
-    default_points_per_call,
-)
+from omnifast.model.rays import Rays, default_points_per_call
 from omnifast.runtime import flushes_subnormals
 
 #: tracker files carry this tag among their extra entries
@@ -117,7 +112,7 @@ class Tracker:
             chunk_size: queries processed together (default ``self.chunk_size``).
             frames: target frames (default all ``T``).
             with_occlusion: decide occlusion (one more ray per query and frame); when False
-                positions are computed and ``occluded`` is all False (about 2x faster).
+                positions are computed and ``occluded`` is all False.
 
         Returns:
             ``(tracks [N, T', 2] float32 as (x, y) pixels, occluded [N, T'] bool)``; at the
