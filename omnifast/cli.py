@@ -38,7 +38,7 @@ def _known_errors() -> tuple[type[BaseException], ...]:
 
 # ------------------------------------------------------------------------------ commands
 def cmd_fit(args: argparse.Namespace) -> int:
-    from omnifast.api import fit, write_results  # noqa: PLC0415
+    from omnifast.api import fit, tensorboard_writer, write_results  # noqa: PLC0415
 
     out = Path(args.out)
     from omnifast.config import get_preset  # noqa: PLC0415
@@ -50,12 +50,18 @@ def cmd_fit(args: argparse.Namespace) -> int:
         preset = preset.replace(checkpoint_every=args.checkpoint_every)
     from omnifast.runtime import cpu_settings  # noqa: PLC0415
 
-    with cpu_settings(args.threads) as threads:  # the pictures are drawn with them too
-        tracker = fit(args.video, preset=preset, iters=args.iters, out_dir=out,
-                      device=args.device, seed=args.seed, resume=args.resume,
-                      progress=not args.quiet, tensorboard=args.tensorboard,
-                      max_side=args.max_side, tracks=args.tracks, threads=threads)
-        paths = write_results(tracker, out, num_points=args.points)
+    # one writer for the losses and the contact sheet, opened and closed here
+    writer = tensorboard_writer(args.tensorboard)
+    try:
+        with cpu_settings(args.threads) as threads:  # the pictures are drawn with them too
+            tracker = fit(args.video, preset=preset, iters=args.iters, out_dir=out,
+                          device=args.device, seed=args.seed, resume=args.resume,
+                          progress=not args.quiet, tensorboard=writer,
+                          max_side=args.max_side, tracks=args.tracks, threads=threads)
+            paths = write_results(tracker, out, num_points=args.points, tensorboard=writer)
+    finally:
+        if writer is not None:
+            writer.close()
     steps = tracker.info.get("steps")
     secs = tracker.info.get("fit_seconds")
     print(f"fitted {steps} steps in {secs:.0f} s; wrote:")

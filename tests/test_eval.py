@@ -280,7 +280,8 @@ def _parse_eval(argv):
     return parser.parse_args(["eval", *argv])
 
 
-def test_eval_command_with_a_stub_fit(tmp_path, capsys):
+def test_eval_command_with_a_stub_fit(tmp_path, capsys, monkeypatch):
+    import omnifast.api
     from omnifast.datasets.synthetic import generate_clip
 
     calls = []
@@ -297,7 +298,7 @@ def test_eval_command_with_a_stub_fit(tmp_path, capsys):
                         "48", "--seed", "1", "--iters", "3", "--out", str(tmp_path),
                         "--no-progress"])
     assert args.func.__name__ == "run" and args.iters == 3
-    args.fit_fn = fit_fn
+    monkeypatch.setattr(omnifast.api, "fit", fit_fn)  # the eval command fits with it
     assert args.func(args) == 0
     assert [c["iters"] for c in calls] == [3, 3] and calls[0]["preset"] == "cpu"
     assert calls[0]["seed"] == 1
@@ -328,7 +329,8 @@ def test_eval_command_with_a_stub_fit(tmp_path, capsys):
     assert (tmp_path / "hard-s1" / "compare.mp4").stat().st_size > 1000
 
 
-def test_eval_command_no_refine(tmp_path, capsys):
+def test_eval_command_no_refine(tmp_path, capsys, monkeypatch):
+    import omnifast.api
     from omnifast.datasets.synthetic import generate_clip
 
     def fit_fn(video, **kw):
@@ -338,7 +340,7 @@ def test_eval_command_no_refine(tmp_path, capsys):
     args = _parse_eval(["--clips", "easy", "--frames", "6", "--height", "32", "--width", "40",
                         "--seed", "3", "--out", str(tmp_path), "--no-progress", "--no-video",
                         "--no-refine", "--baselines", "chained_flow"])
-    args.fit_fn = fit_fn
+    monkeypatch.setattr(omnifast.api, "fit", fit_fn)
     assert args.func(args) == 0
     res = json.loads((tmp_path / "results.json").read_text())
     assert set(res["clips"]["easy-s3"]["methods"]) == {"omnifast", "chained_flow"}
