@@ -24,6 +24,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from omnifast.kernels._env import triton_interpret
 from omnifast.kernels.mlp import (
     ACT_RELU,
     DOT_CODE,
@@ -42,8 +43,6 @@ from omnifast.kernels.mlp import (
     linear_fwd,
     num_stages,
 )
-
-from omnifast.dispatch import triton_interpret
 
 MAX_WIDTH = 512
 E_PAD = 16

@@ -36,6 +36,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from omnifast.kernels._env import triton_interpret
 from omnifast.kernels.mlp import (
     ACT_LEAKY,
     DOT_CODE,
@@ -56,8 +57,6 @@ from omnifast.kernels.mlp import (
     segment_sum,
     segments,
 )
-
-from omnifast.dispatch import triton_interpret
 
 S_CLAMP = 8.0
 MAX_WIDTH = 512

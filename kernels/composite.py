@@ -24,8 +24,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-
-from omnifast.dispatch import triton_interpret
+from omnifast.kernels._env import triton_interpret
 
 _EPS = 1e-10
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from omnifast.kernels._env import triton_interpret
 from omnifast.kernels.mlp import (
     DOT_CODE,
     GPU_BLOCK_M,
@@ -39,8 +40,6 @@ from omnifast.kernels.mlp import (
     linear_dw,
     num_stages,
 )
-
-from omnifast.dispatch import triton_interpret
 
 MAX_WIDTH = 512
 MAX_INPUTS = 4

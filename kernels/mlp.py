@@ -36,8 +36,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-
-from omnifast.dispatch import triton_interpret
+from omnifast.kernels._env import triton_interpret
 
 DOT_CODE = {"fp32": 0, "tf32": 1, "bf16": 2}
 ACT_NONE, ACT_LEAKY, ACT_RELU = 0, 1, 2

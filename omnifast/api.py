@@ -7,6 +7,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -16,6 +17,9 @@ from omnifast.data.motion import MotionData
 from omnifast.runtime import cpu_settings
 from omnifast.track import Tracker, load_tracker
 from omnifast.train.trainer import Trainer, frames_digest
+
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
 
 TRACKER_NAME = "tracker.pt"
 TRACKS_NAME = "tracks.npz"
@@ -74,7 +78,8 @@ def _has_supplied_flows(video) -> bool:
 def fit(video, *, preset: str | Preset = "cpu", iters: int | None = None,
         out_dir: str | os.PathLike | None = None, device: str | torch.device | None = None,
         seed: int = 0, resume: bool = False, progress: bool = True,
-        tensorboard: str | os.PathLike | None = None, max_side: int | None = None,
+        tensorboard: str | os.PathLike | SummaryWriter | None = None,
+        max_side: int | None = None,
         motion: MotionData | None = None, tracks=None, threads: int | None = None,
         compile: str | bool | None = None) -> Tracker:
     """Fit OmniMotion to a clip and return a tracker.
@@ -94,7 +99,11 @@ def fit(video, *, preset: str | Preset = "cpu", iters: int | None = None,
         seed: seed of the network initialisation and of the sampling.
         resume: continue from ``out_dir/checkpoint.pt`` when it exists.
         progress: progress bars on stderr.
-        tensorboard: folder for TensorBoard logs (losses and learning rates).
+        tensorboard: TensorBoard logs of the losses and learning rates: a folder (fit opens
+            a writer there and closes it before returning) or an open
+            ``torch.utils.tensorboard.SummaryWriter`` (the caller's: fit writes and flushes
+            it, the caller closes it; pass the same writer to :func:`write_results` to log
+            the contact sheet next to the losses).
         max_side: shrink frames so that their longer side is at most this.
         motion: precomputed motion for ``video`` (skips the optical-flow step).
         tracks: external correspondences from another tracker: an ``.npz`` path or a dict with
@@ -111,8 +120,8 @@ def fit(video, *, preset: str | Preset = "cpu", iters: int | None = None,
             ``torch.compile``).
 
     Returns:
-        a :class:`~omnifast.track.Tracker`; its ``frames`` attribute holds the input frames,
-        its ``info`` the steps, seed, fit seconds, final loss and threads.
+        a :class:`~omnifast.track.Tracker`; its ``frames`` hold the input frames, its
+        ``info`` the steps, seed, fit seconds, final loss and threads.
 
     Raises:
         omnifast.data.video.VideoError: unusable input clip.
@@ -160,7 +169,8 @@ def _fit(video, *, preset, iters, out_dir, device, seed, resume, progress, tenso
         from omnifast.data.tracks import merge_tracks  # noqa: PLC0415
 
         motion = merge_tracks(motion, tracks)
-    writer = tensorboard_writer(tensorboard)
+    opened = isinstance(tensorboard, (str, os.PathLike))
+    writer = tensorboard_writer(tensorboard) if opened else tensorboard
     log = None
     if writer is not None:
         def log(step, scalars):
@@ -174,16 +184,15 @@ def _fit(video, *, preset, iters, out_dir, device, seed, resume, progress, tenso
     finally:
         if writer is not None:
             writer.flush()
-    tracker = Tracker(model, motion.height, motion.width, preset=preset_obj.name,
-                      device=trainer.device,
-                      info={"steps": trainer.step, "seed": seed,
-                            "video_digest": frames_digest(frames),
-                            "fit_seconds": round(time.time() - t0, 2),
-                            "motion_source": motion.source,
-                            "final_loss": trainer.last_loss})
-    tracker.frames = frames
-    tracker.tensorboard = writer
-    return tracker
+            if opened:
+                writer.close()
+    return Tracker(model, motion.height, motion.width, preset=preset_obj.name,
+                   device=trainer.device, frames=frames,
+                   info={"steps": trainer.step, "seed": seed,
+                         "video_digest": frames_digest(frames),
+                         "fit_seconds": round(time.time() - t0, 2),
+                         "motion_source": motion.source,
+                         "final_loss": trainer.last_loss})
 
 
 def _save_npz(path: Path, **arrays) -> Path:
@@ -208,7 +217,8 @@ def save_tracks(path: str | os.PathLike, query_points: np.ndarray, tracks: np.nd
 
 def write_results(tracker: Tracker, out_dir: str | os.PathLike,
                   frames: np.ndarray | None = None, *, num_points: int = 256,
-                  query_frame: int = 0, fps: float = 10) -> dict[str, Path]:
+                  query_frame: int = 0, fps: float = 10,
+                  tensorboard: SummaryWriter | None = None) -> dict[str, Path]:
     """Track a grid of points and write the pictures of a fit.
 
     Writes ``tracks.npz`` (grid queries on ``query_frame``: query_points, tracks, occluded),
@@ -216,14 +226,21 @@ def write_results(tracker: Tracker, out_dir: str | os.PathLike,
     crosses), ``depth.mp4`` (pseudo-depth),
     ``color.mp4`` (input | rendered colour) and ``contact_sheet.png`` (a few frames of all three).
 
+    Args:
+        tracker: the fitted tracker.
+        out_dir: where the files go.
+        frames: the clip (default ``tracker.frames``, which :func:`fit` fills). [T, H, W, 3]
+        tensorboard: an open ``SummaryWriter``: the contact sheet is logged there too, at step
+            ``tracker.info["steps"]`` (the writer stays open).
+
     Returns:
         ``{name: path}`` of the written files.
     """
     from omnifast import viz  # noqa: PLC0415 (cv2/imageio on demand)
 
-    frames = getattr(tracker, "frames", None) if frames is None else frames
+    frames = tracker.frames if frames is None else frames
     if frames is None:
-        raise ValueError("write_results needs the input frames")
+        raise ValueError("write_results needs the input frames (a loaded tracker has none)")
     frames = np.asarray(frames)
     out = Path(out_dir)
     queries = tracker.grid_queries(query_frame, num_points=num_points)
@@ -249,12 +266,11 @@ def write_results(tracker: Tracker, out_dir: str | os.PathLike,
                               rendered, labels=("", "rendered"))
     paths["contact_sheet"] = Path(out / "contact_sheet.png")
     viz.contact_sheet(panels, paths["contact_sheet"], num=6, cols=2)
-    writer = getattr(tracker, "tensorboard", None)
-    if writer is not None:
+    if tensorboard is not None:
         step = int(tracker.info.get("steps", 0))
         sheet = viz.contact_sheet(panels, None, num=6, cols=2)
-        writer.add_image("pictures/contact_sheet", sheet, step, dataformats="HWC")
-        writer.flush()
+        tensorboard.add_image("pictures/contact_sheet", sheet, step, dataformats="HWC")
+        tensorboard.flush()
     return {k: Path(v) for k, v in paths.items()}
 
 

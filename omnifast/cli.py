@@ -10,8 +10,12 @@ and exits with status 130.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import platform
+import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
 
@@ -34,7 +38,7 @@ def _known_errors() -> tuple[type[BaseException], ...]:
 
 # ------------------------------------------------------------------------------ commands
 def cmd_fit(args: argparse.Namespace) -> int:
-    from omnifast.api import fit, write_results  # noqa: PLC0415
+    from omnifast.api import fit, tensorboard_writer, write_results  # noqa: PLC0415
 
     out = Path(args.out)
     from omnifast.config import get_preset  # noqa: PLC0415
@@ -46,12 +50,18 @@ def cmd_fit(args: argparse.Namespace) -> int:
         preset = preset.replace(checkpoint_every=args.checkpoint_every)
     from omnifast.runtime import cpu_settings  # noqa: PLC0415
 
-    with cpu_settings(args.threads) as threads:  # the pictures are drawn with them too
-        tracker = fit(args.video, preset=preset, iters=args.iters, out_dir=out,
-                      device=args.device, seed=args.seed, resume=args.resume,
-                      progress=not args.quiet, tensorboard=args.tensorboard,
-                      max_side=args.max_side, tracks=args.tracks, threads=threads)
-        paths = write_results(tracker, out, num_points=args.points)
+    # one writer for the losses and the contact sheet, opened and closed here
+    writer = tensorboard_writer(args.tensorboard)
+    try:
+        with cpu_settings(args.threads) as threads:  # the pictures are drawn with them too
+            tracker = fit(args.video, preset=preset, iters=args.iters, out_dir=out,
+                          device=args.device, seed=args.seed, resume=args.resume,
+                          progress=not args.quiet, tensorboard=writer,
+                          max_side=args.max_side, tracks=args.tracks, threads=threads)
+            paths = write_results(tracker, out, num_points=args.points, tensorboard=writer)
+    finally:
+        if writer is not None:
+            writer.close()
     steps = tracker.info.get("steps")
     secs = tracker.info.get("fit_seconds")
     print(f"fitted {steps} steps in {secs:.0f} s; wrote:")
@@ -79,7 +89,8 @@ def cmd_fit_many(args: argparse.Namespace) -> int:
                            pictures=not args.no_pictures, device=args.device,
                            cpus_per_fit=args.cpus_per_fit, gpus_per_fit=args.gpus_per_fit,
                            threads=args.threads, address=args.address,
-                           max_retries=args.max_retries, progress=not args.quiet)
+                           max_retries=args.max_retries, progress=not args.quiet,
+                           tracks=args.tracks, tensorboard=args.tensorboard)
     except FitManyInterrupted as exc:
         print(format_table(exc.results))
         print(f"omnifast: {exc}", file=sys.stderr)
@@ -241,6 +252,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="times a fit is restarted after its worker or node died (default 3)")
     p.add_argument("--no-pictures", action="store_true", dest="no_pictures",
                    help="write only tracker.pt and tracks.npz, not the videos and sheets")
+    p.add_argument("--tracks", default=None, metavar="PATTERN",
+                   help="each video's external tracks, a path with {name} in it (e.g. "
+                        "'ext/{name}.npz'; as `omnifast fit --tracks`)")
+    p.add_argument("--tensorboard", default=None, metavar="DIR",
+                   help="write each video's TensorBoard logs to DIR/<name>")
     p.set_defaults(func=cmd_fit_many)
 
     p = sub.add_parser("track", help="track query points with a fitted tracker")
@@ -265,6 +281,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """Treat SIGTERM (``kill``, a job scheduler's stop) like Ctrl-C while a command runs: a fit
+    stops after its current step with its checkpoint saved, ``fit-many`` stops every fit so."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def as_interrupt(signum, frame):
+        os.kill(os.getpid(), signal.SIGINT)  # whatever handles Ctrl-C now handles it
+
+    previous = signal.signal(signal.SIGTERM, as_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns (and, as a console script, exits with) the status."""
     parser = build_parser()
@@ -273,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     from omnifast.train.trainer import FitInterrupted  # noqa: PLC0415
 
     try:
-        with flush_to_zero():  # subnormal floats would slow the CPU math ~5x
+        with flush_to_zero(), _terminate_as_interrupt():  # subnormals slow the CPU math ~5x
             status = args.func(args)
     except FitInterrupted as exc:
         print(f"omnifast: {exc}", file=sys.stderr)

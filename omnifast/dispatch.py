@@ -1,4 +1,5 @@
-"""Backend dispatch and matmul-precision switch shared by every fused op.
+"""Backend dispatch shared by every fused op (and, re-exported, the matmul-precision switch
+of :mod:`omnifast.precision`).
 
 Backends:
 
@@ -29,17 +30,21 @@ from dataclasses import dataclass
 import torch
 
 from omnifast._ext import extension_error, load_extension
+from omnifast.kernels._env import triton_interpret
+from omnifast.precision import PRECISIONS, get_matmul_precision, matmul_precision
+
+__all__ = [
+    "BACKENDS", "PRECISIONS", "BackendUnavailableError", "available_backends", "backend",
+    "backend_unavailable_reason", "get_backend", "get_matmul_precision", "matmul_precision",
+    "register", "registered_ops", "resolve", "triton_interpret",
+]
 
 BACKENDS = ("torch", "cpu", "triton", "cuda")
-PRECISIONS = ("fp32", "tf32", "bf16")
 
 _AUTO_ORDER = {"cuda": ("cuda", "triton", "torch"), "cpu": ("cpu", "torch")}
 
 _backend_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "omnifast_backend", default=None
-)
-_precision_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "omnifast_matmul_precision", default=None
 )
 
 
@@ -76,53 +81,11 @@ def get_backend() -> str:
     return name
 
 
-@contextlib.contextmanager
-def matmul_precision(name: str) -> Iterator[None]:
-    """Select the precision of the MLP matrix products inside a ``with`` block.
-
-    On CUDA, ``"tf32"`` and ``"bf16"`` make automatic dispatch pick the Triton MLP kernels (on
-    tensor cores); in ``"fp32"`` it keeps the reference, and an explicit
-    ``omnifast.backend("triton")`` runs the kernels with exact fp32 products ("ieee"), for
-    parity. The fused ops capture the
-    precision in their forward and run their backward at it; inside the block PyTorch's CUDA
-    matmuls (``torch.backends.cuda.matmul.allow_tf32``) follow it too, so a step run inside
-    one block has one precision, backward included.
-
-    Args:
-        name: ``"fp32"`` (default), ``"tf32"`` (TF32 tensor cores on GPUs; plain fp32 on the CPU)
-            or ``"bf16"`` (bf16 operands, fp32 accumulation; coordinates stay fp32).
-    """
-    name = _check_name(name, PRECISIONS, "matmul precision")
-    token = _precision_var.set(name)
-    # PyTorch's own CUDA matmuls (the reference path) follow the block too, for the whole block:
-    # a training step run inside it gets the same precision in its backward as in its forward.
-    prev_tf32 = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = name == "tf32"
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = prev_tf32
-        _precision_var.reset(token)
-
-
-def get_matmul_precision() -> str:
-    """The active matmul precision: the innermost block, else ``OMNIFAST_MATMUL_PRECISION``."""
-    name = _precision_var.get()
-    if name is None:
-        name = _check_name(os.environ.get("OMNIFAST_MATMUL_PRECISION", "fp32"), PRECISIONS,
-                           "OMNIFAST_MATMUL_PRECISION value")
-    return name
-
-
 def _triton_installed() -> bool:
     try:
         return importlib.util.find_spec("triton") is not None
     except (ImportError, ValueError):
         return False
-
-
-def triton_interpret() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def backend_unavailable_reason(name: str, device: torch.device) -> str | None:

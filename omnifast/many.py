@@ -179,11 +179,14 @@ def video_names(videos: Sequence[str]) -> list[str]:
 def fit_options(preset: str | Preset = "cpu", *, iters: int | None = None, seed: int = 0,
                 max_side: int | None = None, checkpoint_every: int | None = None,
                 points: int = 256, pictures: bool = True, device: str | None = None,
-                threads: int = 1) -> dict:
+                threads: int = 1, tracks: str | None = None,
+                tensorboard: str | os.PathLike | None = None) -> dict:
     """The options of every fit, as a plain dict (it travels to the Ray workers).
 
-    ``key`` holds what decides a fit's result: a finished video is skipped on a rerun only when
-    its recorded key equals the current one.
+    ``tracks`` is a path pattern with ``{name}`` in it (each video's external tracks, as
+    ``omnifast fit --tracks`` takes them: ``ext/{name}.npz``); ``tensorboard`` a folder in which
+    each video logs into ``<name>/``. ``key`` holds what decides a fit's result: a finished
+    video is skipped on a rerun only when its recorded key equals the current one.
     """
     preset_obj = get_preset(preset)
     if checkpoint_every is not None:
@@ -194,14 +197,27 @@ def fit_options(preset: str | Preset = "cpu", *, iters: int | None = None, seed:
         raise ValueError(f"iters must be >= 0, got {iters}")
     if int(points) < 1:
         raise ValueError(f"points must be at least 1, got {points}")
+    if tracks is not None and "{name}" not in str(tracks):
+        raise ValueError(f"tracks must be a path pattern with {{name}} in it (each video's own "
+                         f"tracks, e.g. ext/{{name}}.npz), got {tracks!r}")
     train = config_to_dict(preset_obj.train)
     train.pop("checkpoint_every")  # when checkpoints are written does not change the result
     key = {"preset": preset_obj.name, "model": config_to_dict(preset_obj.model),
            "train": train, "iters": iters, "seed": int(seed), "max_side": max_side,
-           "points": int(points), "pictures": bool(pictures)}
+           "points": int(points), "pictures": bool(pictures), "tracks": tracks}
     return {"preset": preset_obj, "iters": iters, "seed": int(seed), "max_side": max_side,
             "points": int(points), "pictures": bool(pictures), "device": device,
-            "threads": int(threads), "key": json.loads(json.dumps(key))}
+            "threads": int(threads), "tracks": None if tracks is None else str(tracks),
+            "tensorboard": None if tensorboard is None else str(tensorboard),
+            "key": json.loads(json.dumps(key))}
+
+
+def video_inputs(name: str, options: dict) -> dict:
+    """The per-video paths of one fit: its external tracks and its TensorBoard folder."""
+    tracks = options.get("tracks")
+    board = options.get("tensorboard")
+    return {"tracks": None if tracks is None else tracks.replace("{name}", name),
+            "tensorboard": None if board is None else str(Path(board) / name)}
 
 
 # ------------------------------------------------------------------------------ files
@@ -275,11 +291,16 @@ def fit_one(video: str, out_dir: str, options: dict, run_id: str = "") -> dict:
     state = {"run": run_id, "pid": os.getpid(), "key": options["key"], "running": True}
     _write_json(state_path, {**state, **result.to_dict()})
     t0 = time.time()
+    inputs = video_inputs(out.name, options)
     try:
+        if inputs["tracks"] is not None and not Path(inputs["tracks"]).is_file():
+            raise FileNotFoundError(f"no external tracks for {out.name}: {inputs['tracks']} "
+                                    "does not exist")
         with cpu_settings(options["threads"]) as threads:  # for the pictures too
             tracker = fit(video, preset=options["preset"], iters=options["iters"], out_dir=out,
                           device=options["device"], seed=options["seed"], resume=True,
-                          progress=False, max_side=options["max_side"], threads=threads)
+                          progress=False, max_side=options["max_side"], threads=threads,
+                          tracks=inputs["tracks"], tensorboard=inputs["tensorboard"])
             outputs = {"tracker": out / "tracker.pt"}
             if options["pictures"]:
                 outputs.update(write_results(tracker, out, num_points=options["points"]))
@@ -370,7 +391,8 @@ def fit_many(videos: str | os.PathLike | Iterable[str | os.PathLike],
              checkpoint_every: int | None = None, points: int = 256, pictures: bool = True,
              device: str | None = None, cpus_per_fit: float = 1, gpus_per_fit: float = 0,
              threads: int | None = None, address: str | None = None, max_retries: int = 3,
-             progress: bool = True) -> list[VideoResult]:
+             progress: bool = True, tracks: str | None = None,
+             tensorboard: str | os.PathLike | None = None) -> list[VideoResult]:
     """Fit every video on Ray, one task each, into ``out_root/<name>/``.
 
     Args:
@@ -390,6 +412,10 @@ def fit_many(videos: str | os.PathLike | Iterable[str | os.PathLike],
             initialised); ``"auto"`` or ``"HOST:PORT"`` joins a running cluster.
         max_retries: times a task is run again after its worker or node died.
         progress: a progress bar over the videos on stderr.
+        tracks: each video's external tracks, as a path pattern with ``{name}`` (the video's
+            output name) in it, e.g. ``"ext/{name}.npz"``; a video whose file is missing fails
+            with that error and the others go on.
+        tensorboard: a folder; each video writes its TensorBoard logs into ``<folder>/<name>/``.
 
     Returns:
         the :class:`VideoResult` of every video, in input order (also in the summaries).
@@ -414,7 +440,8 @@ def fit_many(videos: str | os.PathLike | Iterable[str | os.PathLike],
         raise ValueError(f"threads must be at least 1, got {threads}")
     options = fit_options(preset, iters=iters, seed=seed, max_side=max_side,
                           checkpoint_every=checkpoint_every, points=points, pictures=pictures,
-                          device=device, threads=int(threads))
+                          device=device, threads=int(threads), tracks=tracks,
+                          tensorboard=tensorboard)
     root = Path(out_root).expanduser().absolute()
     root.mkdir(parents=True, exist_ok=True)
     results: dict[str, VideoResult] = {}

@@ -1,16 +1,13 @@
-"""Inference on a fitted model: point tracks with occlusion, pseudo-depth, dense correspondence.
+"""Tracking with a fitted model: point tracks with occlusion, pseudo-depth, dense
+correspondence, the feeders of refinement, and tracker files.
 
-The correspondence rule is the original's ``use_max_loc`` (spec 3.8-3.9, 5.1): the query ray is
-mapped to the canonical volume once, its sample of largest compositing weight is kept, and for
-each target frame only that single canonical point is mapped back (one T_j^-1 per query and
-frame instead of 32, spec 6.5). Occlusion is decided by a deterministic ray at the predicted
-pixel of the target frame: the point is occluded when the light absorbed in front of it
-(samples with depth < z_j - eps, eps = 1.1 (max - min) / K) exceeds 0.99.
+The ray primitives (the ``use_max_loc`` correspondence rule and the occlusion test) live in
+:mod:`omnifast.model.rays`; :class:`Tracker` validates what users ask for and runs them in
+chunks.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 from collections.abc import Sequence
 
@@ -18,20 +15,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from omnifast import ops
 from omnifast.model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from omnifast.model.geometry import project, sample_depths, unproject
 from omnifast.model.omnimotion import OmniMotion
+from omnifast.model.rays import Rays, default_points_per_call
 from omnifast.runtime import flushes_subnormals
 
-# the composite op's module (not the function of the same name): its fused argmax and
-# occlusion-score ops are used when present
-_composite_ops = importlib.import_module("omnifast.ops.composite")
-
-#: a point is occluded when the light absorbed in front of it exceeds this (spec 3.9)
-OCCLUSION_THRESHOLD = 0.99
-#: occlusion margin: eps = EPS_FACTOR * (max_depth - min_depth) / K (divided by K, as the original)
-EPS_FACTOR = 1.1
 #: tracker files carry this tag among their extra entries
 TRACKER_KIND = "omnifast-tracker"
 
@@ -52,11 +40,17 @@ class Tracker:
         device: where to run (defaults to the model's device).
         chunk_size: queries processed together; bounds the memory of :meth:`track`.
         info: extra entries kept in saved files (e.g. number of steps, video digest).
+        frames: the fitted clip, for the pictures (:func:`omnifast.api.write_results`) and
+            refinement; kept in memory only (not in saved files; None after :meth:`load`).
+            [T, H, W, C]
+        points_per_call: points (ray samples included) per network call; bounds peak memory
+            (default :func:`omnifast.model.rays.default_points_per_call`).
     """
 
     def __init__(self, model: OmniMotion, height: int, width: int, *, preset: str = "",
                  device: torch.device | str | None = None, chunk_size: int = 4096,
-                 info: dict | None = None) -> None:
+                 info: dict | None = None, frames: np.ndarray | None = None,
+                 points_per_call: int | None = None) -> None:
         self.model = model.eval()
         self.height, self.width = int(height), int(width)
         self.preset = preset
@@ -65,9 +59,16 @@ class Tracker:
         self.model.to(self.device)
         self.chunk_size = int(chunk_size)
         self.info = dict(info or {})
-        #: points per network call (samples included); bounds peak memory. Small chunks keep
-        #: the colour net's [points, width] intermediates in cache (3x faster on a CPU)
-        self.points_per_call = 1 << (13 if self.device.type == "cpu" else 18)
+        if frames is not None:
+            frames = np.asarray(frames)
+            if frames.ndim != 4 or frames.shape[:3] != (model.num_frames, self.height,
+                                                        self.width):
+                raise ValueError(f"frames must be [{model.num_frames}, {self.height}, "
+                                 f"{self.width}, C] (the fitted clip), got "
+                                 f"{list(frames.shape)}")
+        self.frames = frames
+        self.points_per_call = int(points_per_call or default_points_per_call(self.device))
+        self.rays = Rays(self.model, self.height, self.width)
 
     @property
     def num_frames(self) -> int:
@@ -76,78 +77,6 @@ class Tracker:
     def __repr__(self) -> str:
         return (f"Tracker(num_frames={self.num_frames}, height={self.height}, "
                 f"width={self.width}, preset={self.preset!r})")
-
-    # ------------------------------------------------------------------ building blocks
-    def _depths(self) -> torch.Tensor:
-        c = self.model.config
-        return sample_depths((), c.num_samples, c.min_depth, c.max_depth, device=self.device,
-                             dtype=self.model.param_dtype)
-
-    def _map(self, x: torch.Tensor, frames: torch.Tensor, inverse: bool) -> torch.Tensor:
-        """Map points [M, 3] of (or to) frames [M] through T (or T^-1)."""
-        frame_ids, idx = torch.unique(frames, return_inverse=True)
-        return self.model.map_points(x, idx, frame_ids, inverse=inverse)
-
-    def _ray_weights(self, frames: torch.Tensor, px: torch.Tensor
-                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Deterministic rays at pixels of frames: (canonical samples [M, K, 3], rgb [M, 3],
-        depth [M], weights [M, K])."""
-        d = self._depths()
-        k = d.shape[0]
-        x = unproject(px, d, self.height, self.width)  # [M, K, 3]
-        u = self._map(x.reshape(-1, 3), frames.repeat_interleave(k), inverse=False)
-        u = u.reshape(-1, k, 3)
-        rgb, extra, w = self.model.render(u, values=x[..., 2:3])
-        return u, rgb, extra[..., 0], w
-
-    def _ray_sigma(self, frames: torch.Tensor, px: torch.Tensor
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Deterministic rays at pixels of frames: (canonical samples [M, K, 3], density
-        [M, K])."""
-        d = self._depths()
-        k = d.shape[0]
-        x = unproject(px, d, self.height, self.width)
-        u = self._map(x.reshape(-1, 3), frames.repeat_interleave(k), inverse=False)
-        u = u.reshape(-1, k, 3)
-        return u, self.model.color_density(u)[1]
-
-    def _anchors(self, frames: torch.Tensor, px: torch.Tensor) -> torch.Tensor:
-        """Canonical point of largest weight on each query ray. [M], [M, 2] -> [M, 3]"""
-        u, sigma = self._ray_sigma(frames, px)
-        fused = getattr(_composite_ops, "composite_argmax", None)
-        if fused is not None:
-            best = fused(sigma)
-        else:
-            best = ops.composite(sigma, sigma.unsqueeze(-1))[1].argmax(dim=-1)
-        return u[torch.arange(u.shape[0], device=u.device), best]
-
-    def _occluded(self, frames: torch.Tensor, px: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """Absorbed light in front of depth z on the ray at px in frames > threshold. -> [M]"""
-        c = self.model.config
-        d = self._depths()
-        _, sigma = self._ray_sigma(frames, px)
-        eps = EPS_FACTOR * (c.max_depth - c.min_depth) / c.num_samples
-        limit = (z - eps).to(sigma.dtype)
-        fused = getattr(_composite_ops, "occlusion_score", None)
-        if fused is not None:
-            score = fused(sigma, d.expand_as(sigma).contiguous(), limit)
-        else:
-            w = ops.composite(sigma, sigma.unsqueeze(-1))[1]
-            score = (w * (d[None, :] < limit[:, None])).sum(-1)
-        return score > OCCLUSION_THRESHOLD
-
-    def _follow(self, anchors: torch.Tensor, targets: torch.Tensor, with_occlusion: bool
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Map canonical anchors [M, 3] into target frames [M]: (pixels [M, 2], occluded [M])."""
-        y = self._map(anchors, targets, inverse=True)
-        px, z = project(y, self.height, self.width)
-        if not with_occlusion:
-            return px, torch.zeros_like(z, dtype=torch.bool)
-        # Deliberate difference from the original (which decides occlusion from the density
-        # alone): a point mapped outside the frame is not visible, as TAP-Vid counts it.
-        outside = ((px[:, 0] < 0) | (px[:, 0] > self.width - 1) | (px[:, 1] < 0)
-                   | (px[:, 1] > self.height - 1))
-        return px, self._occluded(targets, px, z) | outside
 
     # ------------------------------------------------------------------ queries
     def check_queries(self, query_points) -> np.ndarray:
@@ -183,7 +112,7 @@ class Tracker:
             chunk_size: queries processed together (default ``self.chunk_size``).
             frames: target frames (default all ``T``).
             with_occlusion: decide occlusion (one more ray per query and frame); when False
-                positions are computed and ``occluded`` is all False (about 2x faster).
+                positions are computed and ``occluded`` is all False.
 
         Returns:
             ``(tracks [N, T', 2] float32 as (x, y) pixels, occluded [N, T'] bool)``; at the
@@ -208,13 +137,13 @@ class Tracker:
             m = qc.shape[0]
             qt = qc[:, 0].round().long()
             px = qc[:, [2, 1]]
-            anchors = self._anchors(qt, px)
+            anchors = self.rays.anchors(qt, px)
             group = max(1, self.points_per_call // max(m * k, 1))
             for g0 in range(0, nt, group):
                 tg = tgt[g0:g0 + group]
                 a = anchors.repeat(tg.shape[0], 1)
                 tf = tg.repeat_interleave(m)
-                p_out, occ = self._follow(a, tf, with_occlusion=with_occlusion)
+                p_out, occ = self.rays.follow(a, tf, with_occlusion=with_occlusion)
                 p_out = p_out.reshape(tg.shape[0], m, 2).transpose(0, 1)
                 occ = occ.reshape(tg.shape[0], m).transpose(0, 1)
                 same = qt[:, None] == tg[None, :]
@@ -362,11 +291,6 @@ class Tracker:
         return np.stack([t, yy.ravel(), xx.ravel()], -1).astype(np.float32)
 
     # ------------------------------------------------------------------ dense outputs
-    def _pixels(self, stride: int = 1) -> torch.Tensor:
-        ys, xs = torch.meshgrid(torch.arange(0, self.height, stride),
-                                torch.arange(0, self.width, stride), indexing="ij")
-        return torch.stack([xs, ys], -1).reshape(-1, 2).to(self.device, self.model.param_dtype)
-
     @torch.no_grad()
     def render(self, frames: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Rendered colour and pseudo-depth of whole frames, in one pass per frame.
@@ -375,7 +299,7 @@ class Tracker:
             ``(rgb [F, H, W, 3] float32 in [0, 1], depth [F, H, W] float32)``.
         """
         frames = list(range(self.num_frames)) if frames is None else [int(f) for f in frames]
-        px = self._pixels()
+        px = self.rays.pixel_grid()
         k = self.model.config.num_samples
         chunk = max(1, self.points_per_call // k)
         rgbs, depths = [], []
@@ -384,7 +308,7 @@ class Tracker:
             for s in range(0, px.shape[0], chunk):
                 p = px[s:s + chunk]
                 fr = torch.full((p.shape[0],), f, device=self.device, dtype=torch.long)
-                _, rgb, depth, _ = self._ray_weights(fr, p)
+                _, rgb, depth, _ = self.rays.render(fr, p)
                 rgb_f.append(rgb)
                 depth_f.append(depth)
             rgbs.append(torch.cat(rgb_f).reshape(self.height, self.width, 3))
@@ -414,22 +338,9 @@ class Tracker:
             if not 0 <= int(f) < self.num_frames:
                 raise ValueError(f"frame {f} is outside the video (frames 0..."
                                  f"{self.num_frames - 1})")
-        stride = max(1, int(stride))
-        px = self._pixels(stride)
-        hs, ws = -(-self.height // stride), -(-self.width // stride)
-        k = self.model.config.num_samples
-        chunk = max(1, self.points_per_call // k)
-        flows, occs = [], []
-        for s in range(0, px.shape[0], chunk):
-            p = px[s:s + chunk]
-            src = torch.full((p.shape[0],), int(i), device=self.device, dtype=torch.long)
-            dst = torch.full_like(src, int(j))
-            p_j, occ = self._follow(self._anchors(src, p), dst, with_occlusion)
-            flows.append(p_j - p)
-            occs.append(occ)
-        flow = torch.cat(flows).reshape(hs, ws, 2).float().cpu().numpy()
-        occ = torch.cat(occs).reshape(hs, ws).cpu().numpy()
-        return flow, occ
+        flow, occ = self.rays.flow(int(i), int(j), with_occlusion=with_occlusion, stride=stride,
+                                   points_per_call=self.points_per_call)
+        return flow.float().cpu().numpy(), occ.cpu().numpy()
 
     # ------------------------------------------------------------------ files
     def save(self, path: str | os.PathLike) -> None:

@@ -16,7 +16,7 @@ import torch
 from conftest import translating, write_frames
 
 import omnifast
-from omnifast.cli import main
+from omnifast.cli import EXIT_INTERRUPTED, main
 from omnifast.cpuinfo import cpu_flags, cpu_model, cpu_report, math_library_isas, parse_verbose
 
 T, H, W = 4, 32, 40
@@ -333,3 +333,32 @@ def test_parse_verbose_lines_of_both_vendors():
     assert "Intel(R) Advanced Vector Extensions 512" in parsed["onemkl"]
     assert parsed["onednn"].endswith("8-bit integer support")
     assert parse_verbose("")["onednn"].startswith("unknown")
+
+
+def test_sigterm_stops_a_fit_like_ctrl_c(tmp_path):
+    """`kill` (SIGTERM) on a running `omnifast fit` saves the checkpoint and exits with the
+    interrupted status, as Ctrl-C does."""
+    clip = write_frames(tmp_path / "clip", make_clip())
+    out = tmp_path / "out"
+    args = ["fit", str(clip), "--out", str(out), "--iters", "400", "--checkpoint-every", "2",
+            "--quiet", "--points", "10", "--threads", "1"]
+    proc = subprocess.Popen([sys.executable, "-m", "omnifast", *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    ckpt = out / "checkpoint.pt"
+    deadline = time.time() + 120
+    try:
+        while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        assert ckpt.exists(), proc.stderr.read().decode() if proc.poll() is not None else ""
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    err = proc.stderr.read().decode()
+    assert code == EXIT_INTERRUPTED, err
+    assert "interrupted" in err
+    step = torch.load(ckpt, weights_only=False)["step"]
+    assert 2 <= step < 400
+    assert not (out / "tracker.pt").exists()

@@ -97,3 +97,63 @@ def test_matmul_precision_switch(monkeypatch):
     with pytest.raises(ValueError, match="matmul precision"):
         with omnifast.matmul_precision("fp8"):
             pass
+
+
+def test_supports_hook_sees_the_shapes():
+    """A ``supports`` hook with a third argument gets the sizes the op passes to resolve: auto
+    dispatch passes over sizes it has no kernel for, an explicit request says why."""
+    seen = []
+
+    def supports(dev, dt, shapes):
+        seen.append(shapes)
+        return None if shapes.get("H", 0) % 16 == 0 else f"H={shapes.get('H')} unsupported"
+
+    dispatch.register("_shaped_op", "torch")(lambda: "torch")
+    dispatch.register("_shaped_op", "cpu", supports=supports)(lambda: "cpu")
+    cpu = torch.device("cpu")
+    if dispatch.backend_unavailable_reason("cpu", cpu) is not None:
+        pytest.skip("omnifast._C is not built")
+    assert dispatch.resolve("_shaped_op", cpu, torch.float32, {"H": 40})[0] == "torch"
+    assert dispatch.resolve("_shaped_op", cpu, torch.float32, {"H": 64})[0] == "cpu"
+    assert seen == [{"H": 40}, {"H": 64}]
+    assert "H=40" in dispatch.available_backends("_shaped_op", cpu, torch.float32,
+                                                 {"H": 40})["cpu"]
+    with omnifast.backend("cpu"), pytest.raises(omnifast.BackendUnavailableError, match="H=40"):
+        dispatch.resolve("_shaped_op", cpu, torch.float32, {"H": 40})
+
+
+def _global_names(code) -> set[str]:
+    """The global and attribute names a function's code (nested functions included) uses."""
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if hasattr(const, "co_names"):
+            names |= _global_names(const)
+    return names
+
+
+def test_fused_implementations_never_fall_back_to_the_reference():
+    """What a backend cannot run is decided by its ``supports`` hook, before it is chosen: no
+    fused implementation calls the reference or the dispatch itself. The Triton MLP ops' hooks
+    take the widths (``tests/test_triton_mlp.py`` runs them)."""
+    import omnifast.ops  # noqa: F401 (registers every op)
+    import omnifast.reference as reference
+
+    forbidden = {n for n in dir(reference) if n.endswith("_ref")} | {"resolve"}
+    checked = 0
+    for op in ("composite", "composite_argmax", "occlusion_score", "coupling_stack", "affine",
+               "gabor_net"):
+        for name, impl in dispatch._REGISTRY[op].items():
+            if name == "torch":
+                continue
+            used = _global_names(impl.fn.__code__) & forbidden
+            assert not used, f"{op}'s {name} implementation calls {sorted(used)}"
+            checked += 1
+        triton = dispatch._REGISTRY[op].get("triton")
+        if op in ("coupling_stack", "affine", "gabor_net"):
+            assert triton is not None and triton.wants_shapes, op
+    assert checked >= 12
+    # the check can fail: a fallback inside an implementation is seen
+    def falls_back(x, *args):
+        return reference.coupling_stack_ref(x, *args)
+
+    assert "coupling_stack_ref" in _global_names(falls_back.__code__)

@@ -280,9 +280,10 @@ def _parse_eval(argv):
     return parser.parse_args(["eval", *argv])
 
 
-def test_eval_refined_row_with_few_queries(tmp_path):
+def test_eval_refined_row_with_few_queries(tmp_path, monkeypatch):
     """The refined row, the target and the pictures of an evaluation, on 32 queries of one clip
     (the slow test below runs the command on two clips of 256 queries)."""
+    import omnifast.api
     from omnifast.datasets.synthetic import generate_clip
     from omnifast.eval.run import run_eval, synthetic_clips
 
@@ -292,8 +293,9 @@ def test_eval_refined_row_with_few_queries(tmp_path):
         return _OracleTracker(generate_clip("hard", num_frames=8, height=32, width=48, seed=1),
                               jitter=0.1)
 
-    res = run_eval(clips, tmp_path, iters=3, fit_fn=fit_fn, baselines=["chained_flow"],
-                   progress=False, quiet=True)
+    monkeypatch.setattr(omnifast.api, "fit", fit_fn)  # the evaluation fits with it
+    res = run_eval(clips, tmp_path, iters=3, baselines=["chained_flow"], progress=False,
+                   quiet=True)
     methods = res["clips"]["hard-s1"]["methods"]
     assert set(methods) == {"omnifast", "omnifast_refined", "chained_flow"}
     om, ref = methods["omnifast"], methods["omnifast_refined"]
@@ -307,7 +309,8 @@ def test_eval_refined_row_with_few_queries(tmp_path):
 
 
 @pytest.mark.slow
-def test_eval_command_with_a_stub_fit(tmp_path, capsys):
+def test_eval_command_with_a_stub_fit(tmp_path, capsys, monkeypatch):
+    import omnifast.api
     from omnifast.datasets.synthetic import generate_clip
 
     calls = []
@@ -324,7 +327,7 @@ def test_eval_command_with_a_stub_fit(tmp_path, capsys):
                         "48", "--seed", "1", "--iters", "3", "--out", str(tmp_path),
                         "--no-progress"])
     assert args.func.__name__ == "run" and args.iters == 3
-    args.fit_fn = fit_fn
+    monkeypatch.setattr(omnifast.api, "fit", fit_fn)  # the eval command fits with it
     assert args.func(args) == 0
     assert [c["iters"] for c in calls] == [3, 3] and calls[0]["preset"] == "cpu"
     assert calls[0]["seed"] == 1
@@ -355,7 +358,8 @@ def test_eval_command_with_a_stub_fit(tmp_path, capsys):
     assert (tmp_path / "hard-s1" / "compare.mp4").stat().st_size > 1000
 
 
-def test_eval_command_no_refine(tmp_path, capsys):
+def test_eval_command_no_refine(tmp_path, capsys, monkeypatch):
+    import omnifast.api
     from omnifast.datasets.synthetic import generate_clip
 
     def fit_fn(video, **kw):
@@ -365,7 +369,7 @@ def test_eval_command_no_refine(tmp_path, capsys):
     args = _parse_eval(["--clips", "easy", "--frames", "6", "--height", "32", "--width", "40",
                         "--seed", "3", "--out", str(tmp_path), "--no-progress", "--no-video",
                         "--no-refine", "--baselines", "chained_flow"])
-    args.fit_fn = fit_fn
+    monkeypatch.setattr(omnifast.api, "fit", fit_fn)
     assert args.func(args) == 0
     res = json.loads((tmp_path / "results.json").read_text())
     assert set(res["clips"]["easy-s3"]["methods"]) == {"omnifast", "chained_flow"}

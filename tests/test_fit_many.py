@@ -17,9 +17,10 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from conftest import TINY, write_frames
+from conftest import TINY, record_calls, write_frames
 
 import omnifast
 from omnifast import many, runtime
@@ -403,3 +404,29 @@ def test_a_lost_task_is_reported_from_its_state_file(tmp_path):
     # cancelled before it started (the state file is an earlier run's)
     r = many._lost("v", "v.mp4", folder, "r2", "interrupted", "")
     assert (r.status, r.attempts, r.steps) == ("interrupted", 0, 0)
+
+
+def test_each_video_gets_its_own_tracks_and_tensorboard_folder(clips, tmp_path, monkeypatch):
+    """`--tracks ext/{name}.npz` and `--tensorboard DIR` reach each fit with the video's name;
+    a video whose tracks file is missing fails with that error (not retried)."""
+    from omnifast import api
+
+    good, _ = clips
+    seen = record_calls(monkeypatch, api, "fit",
+                        record=lambda video, **kw: (kw["tracks"], kw["tensorboard"]))
+    ext = tmp_path / "ext"
+    ext.mkdir()
+    clip = generate_clip("easy", num_frames=4, height=24, width=32, seed=0)
+    np.savez(ext / "clip0.npz", tracks=clip.tracks[:5, :4], visible=~clip.occluded[:5, :4])
+    options = many.fit_options(TINY, seed=SEED, pictures=False, tracks=str(ext / "{name}.npz"),
+                               tensorboard=tmp_path / "tb")
+    done = many.fit_one(str(good[0]), str(tmp_path / "out" / "clip0"), options)
+    assert done["status"] == many.DONE, done["error"]
+    assert seen == [(str(ext / "clip0.npz"), str(tmp_path / "tb" / "clip0"))]
+    missing = many.fit_one(str(good[1]), str(tmp_path / "out" / "clip1"), options)
+    assert missing["status"] == many.FAILED
+    assert "clip1.npz does not exist" in missing["error"]
+    assert len(seen) == 1  # the missing file was found before any fitting
+    with pytest.raises(ValueError, match="name"):
+        many.fit_options(TINY, tracks=str(ext / "clip0.npz"))
+    assert options["key"] != many.fit_options(TINY, seed=SEED, pictures=False)["key"]

@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-import omnifast.track as track_mod
+import omnifast
 from omnifast.config import ModelConfig
 from omnifast.model.checkpoint import CheckpointError, save_checkpoint
 from omnifast.model.omnimotion import OmniMotion
-from omnifast.track import EPS_FACTOR, Tracker, load_tracker
+from omnifast.model.rays import EPS_FACTOR
+from omnifast.track import Tracker, load_tracker
 
 CFG = ModelConfig(code_dim=8, code_hidden=16, coupling_hidden=(16, 16, 16), proj_dim=16,
                   use_affine=False, color_hidden=16, num_samples=8)
@@ -39,26 +40,23 @@ def test_track_shapes_and_query_frame(tracker):
     assert np.isfinite(tracks).all()
 
 
-@pytest.mark.parametrize("fused", [True, False])
-def test_anchor_is_the_largest_weight(tracker, fused, monkeypatch):
-    if not fused:
-        monkeypatch.setattr(track_mod._composite_ops, "composite_argmax", None, raising=False)
+@pytest.mark.parametrize("backend", ["auto", "torch"])
+def test_anchor_is_the_largest_weight(tracker, backend):
     px = torch.tensor([[1.0, 2.0], [7.0, 9.0], [15.0, 11.0]])
     frames = torch.tensor([0, 3, 4])
-    u, sigma = tracker._ray_sigma(frames, px)
+    u, sigma = tracker.rays.density(frames, px)
     _, _, w = tracker.model.render(u)
     expect = u[torch.arange(3), w.argmax(-1)]
-    torch.testing.assert_close(tracker._anchors(frames, px), expect)
+    with omnifast.backend(backend):
+        torch.testing.assert_close(tracker.rays.anchors(frames, px), expect)
 
 
 def test_chunking_does_not_change_results(tracker):
     q = tracker.grid_queries(1, spacing=3)
     a = tracker.track(q, chunk_size=7)
-    tracker.points_per_call = 64  # forces several target-frame groups per chunk
-    try:
-        b = tracker.track(q, chunk_size=1000)
-    finally:
-        tracker.points_per_call = 1 << 13
+    # 64 points per call force several target-frame groups per chunk
+    small = Tracker(tracker.model, H, W, points_per_call=64)
+    b = small.track(q, chunk_size=1000)
     np.testing.assert_allclose(a[0], b[0], rtol=0, atol=1e-4)
     assert (a[1] == b[1]).all()
 
@@ -92,11 +90,9 @@ def test_empty_queries(tracker):
     assert tracks.shape == (0, T, 2) and occ.shape == (0, T)
 
 
-@pytest.mark.parametrize("fused", [True, False])
-def test_occlusion_rule(fused, monkeypatch):
+@pytest.mark.parametrize("backend", ["auto", "torch"])
+def test_occlusion_rule(backend):
     """An opaque first sample absorbs all light: points behind it are occluded, not at it."""
-    if not fused:  # the plain composite path
-        monkeypatch.setattr(track_mod._composite_ops, "occlusion_score", None, raising=False)
     model = OmniMotion(CFG, T, seed=0)
     with torch.no_grad():
         model.color_mlp.output_linear.weight.zero_()
@@ -107,7 +103,8 @@ def test_occlusion_rule(fused, monkeypatch):
     eps = EPS_FACTOR * 2.0 / CFG.num_samples
     z = torch.tensor([0.0, 0.9 * eps, 1.01 * eps, 1.5])
     # the opaque sample at depth 0 is "in front" only when 0 < z - eps
-    assert tr._occluded(frames, px, z).tolist() == [False, False, True, True]
+    with omnifast.backend(backend):
+        assert tr.rays.occluded(frames, px, z).tolist() == [False, False, True, True]
 
 
 def test_grid_render_and_depth(tracker):
@@ -122,6 +119,14 @@ def test_grid_render_and_depth(tracker):
         tracker.grid_queries(T)
 
 
+def test_frames_are_a_checked_field(tracker):
+    frames = np.zeros((T, H, W, 3), np.uint8)
+    assert Tracker(tracker.model, H, W, frames=frames).frames is frames
+    assert tracker.frames is None
+    with pytest.raises(ValueError, match="fitted clip"):
+        Tracker(tracker.model, H, W, frames=frames[1:])
+
+
 def test_save_load_roundtrip(tracker, tmp_path):
     tracker.save(tmp_path / "tracker.pt")
     loaded = load_tracker(tmp_path)  # the folder works too
@@ -130,6 +135,7 @@ def test_save_load_roundtrip(tracker, tmp_path):
     a, b = tracker.track(q), loaded.track(q)
     np.testing.assert_array_equal(a[0], b[0])
     np.testing.assert_array_equal(a[1], b[1])
+    assert loaded.frames is None  # frames are not saved
 
 
 def test_load_rejects_bad_files(tracker, tmp_path):

@@ -330,3 +330,34 @@ def test_fit_takes_external_tracks(motion, monkeypatch):
     assert "tracks" in merged.source
     assert merged.cycle[0, t - 1, 7, 5]
     assert np.allclose(merged.flows[0, t - 1, 7, 5], (t - 1, 0))
+
+
+class _Writer:
+    """Stands in for a TensorBoard SummaryWriter: records what it is given."""
+
+    def __init__(self):
+        self.scalars, self.flushes, self.closed = [], 0, False
+
+    def add_scalar(self, key, value, step):
+        self.scalars.append((key, step))
+
+    def flush(self):
+        self.flushes += 1
+
+    def close(self):
+        self.closed = True
+
+
+def test_fit_returns_the_frames_and_closes_only_the_writer_it_opened(motion, monkeypatch,
+                                                                     tmp_path):
+    import omnifast.api as api
+
+    given = _Writer()
+    tracker = api.fit(motion, preset=TINY, iters=1, progress=False, tensorboard=given)
+    assert np.array_equal(tracker.frames, motion.frames)
+    assert ("loss/loss", 1) in given.scalars and given.flushes and not given.closed
+    opened = []
+    monkeypatch.setattr(api, "tensorboard_writer",
+                        lambda logdir: opened.append((logdir, _Writer())) or opened[-1][1])
+    api.fit(motion, preset=TINY, iters=1, progress=False, tensorboard=tmp_path)
+    assert [d for d, _ in opened] == [tmp_path] and opened[0][1].closed

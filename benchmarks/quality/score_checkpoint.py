@@ -13,17 +13,15 @@ put each layer's surface. Works on checkpoints written during a fit, so a run ca
 from __future__ import annotations
 
 import argparse
-import importlib
 
 import numpy as np
 import torch
 
+from omnifast import ops
 from omnifast.config import model_config_from_dict
 from omnifast.eval.run import score_tracks, synthetic_clips
 from omnifast.model.omnimotion import OmniMotion
 from omnifast.track import Tracker
-
-composite_ops = importlib.import_module("omnifast.ops.composite")
 
 
 def surface_index_per_layer(tracker: Tracker, clip) -> dict[int, float]:
@@ -31,9 +29,9 @@ def surface_index_per_layer(tracker: Tracker, clip) -> dict[int, float]:
     q = clip.query_points
     layers = clip.source.layer_ids(q)
     with torch.no_grad():
-        _, sigma = tracker._ray_sigma(torch.tensor(q[:, 0], dtype=torch.long),
-                                      torch.tensor(q[:, [2, 1]], dtype=torch.float32))
-        best = composite_ops.composite(sigma, sigma.unsqueeze(-1))[1].argmax(-1).float()
+        _, sigma = tracker.rays.density(torch.tensor(q[:, 0], dtype=torch.long),
+                                        torch.tensor(q[:, [2, 1]], dtype=torch.float32))
+        best = ops.composite_argmax(sigma).float()
     return {int(k): round(float(best[torch.from_numpy(layers == k)].mean()), 2)
             for k in np.unique(layers)}
 

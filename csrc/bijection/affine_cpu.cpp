@@ -131,37 +131,38 @@ template <typename S, typename G>
 void run_forward(const Affine<S, G>& c, const S* x, const S* t, S* y, int64_t tile) {
   const int64_t ntiles = (c.M + tile - 1) / tile;
   const S div = S(1.0 + kAffineEps);
-  at::parallel_for(0, ntiles, 1, [&](int64_t t0, int64_t t1) {
+  for_each_tile_group(ntiles, ntiles, [&](auto& claim) {
     c10::InferenceMode guard;
     AffineWork<S, G> w(c, tile);
-    for (int64_t ti = t0; ti < t1; ++ti) {
-      const int64_t i0 = ti * tile;
-      const int64_t n = std::min(tile, c.M - i0);
-      mlp<S, G>(c, w, x, t, i0, n, /*from_saved=*/false);
-      for (int64_t i = 0; i < n; ++i) {
-        const S* th = w.theta.data() + i * kTheta;
-        const S cs = std::cos(th[0]), sn = std::sin(th[0]);
-        const S s1 = std::exp(th[1]), s2 = std::exp(th[3]);
-        const S px = x[(i0 + i) * 3], py = x[(i0 + i) * 3 + 1];
-        S nx, ny;
-        if (c.inverse) {
-          const S dx = (px - th[2]) / s1, dy = (py - th[4]) / s2;
-          nx = cs * dx + sn * dy;
-          ny = -sn * dx + cs * dy;
-        } else {
-          nx = s1 * (cs * px - sn * py) + th[2];
-          ny = s2 * (sn * px + cs * py) + th[4];
+    for (TileGroup grp; claim(grp);)
+      for (int64_t ti = grp.first; ti < grp.last; ++ti) {
+        const int64_t i0 = ti * tile;
+        const int64_t n = std::min(tile, c.M - i0);
+        mlp<S, G>(c, w, x, t, i0, n, /*from_saved=*/false);
+        for (int64_t i = 0; i < n; ++i) {
+          const S* th = w.theta.data() + i * kTheta;
+          const S cs = std::cos(th[0]), sn = std::sin(th[0]);
+          const S s1 = std::exp(th[1]), s2 = std::exp(th[3]);
+          const S px = x[(i0 + i) * 3], py = x[(i0 + i) * 3 + 1];
+          S nx, ny;
+          if (c.inverse) {
+            const S dx = (px - th[2]) / s1, dy = (py - th[4]) / s2;
+            nx = cs * dx + sn * dy;
+            ny = -sn * dx + cs * dy;
+          } else {
+            nx = s1 * (cs * px - sn * py) + th[2];
+            ny = s2 * (sn * px + cs * py) + th[4];
+          }
+          S* out = y + (i0 + i) * 3;
+          out[0] = nx / div;
+          out[1] = ny / div;
+          out[2] = x[(i0 + i) * 3 + 2];
         }
-        S* out = y + (i0 + i) * 3;
-        out[0] = nx / div;
-        out[1] = ny / div;
-        out[2] = x[(i0 + i) * 3 + 2];
       }
-    }
   });
 }
 
-// Per-thread gradient accumulators (type S): [nthreads, ...] each.
+// Gradient accumulators (type S), one slot per tile group: [groups, ...] each.
 struct AffineGrads {
   at::Tensor dw0, db0, dw_hid, db_hid, dw_out, db_out;
 };
@@ -172,109 +173,111 @@ void run_backward(const Affine<S, G>& c, const S* dy, const S* x, const S* t, S*
   const int64_t ntiles = (c.M + tile - 1) / tile;
   const int64_t E = c.E, H = c.H, NH = c.NH, nf = c.nf;
   const S inv_div = S(1) / S(1.0 + kAffineEps);
-  at::parallel_for(0, ntiles, 1, [&](int64_t t0, int64_t t1) {
+  for_each_tile_group(ntiles, g.dw0.size(0), [&](auto& claim) {
     c10::InferenceMode guard;
-    const int64_t tid = at::get_thread_num();
     AffineWork<S, G> w(c, tile);
-    at::Tensor dw0 = g.dw0[tid], dw_hid = g.dw_hid[tid];
-    S* db0 = g.db0[tid].template data_ptr<S>();
-    S* db_hid = g.db_hid[tid].template data_ptr<S>();
-    S* dw_out = g.dw_out[tid].template data_ptr<S>();
-    S* db_out = g.db_out[tid].template data_ptr<S>();
-    for (int64_t ti = t0; ti < t1; ++ti) {
-      const int64_t i0 = ti * tile;
-      const int64_t n = std::min(tile, c.M - i0);
-      mlp<S, G>(c, w, x, t, i0, n, /*from_saved=*/true);
-      // through the map: dx, dy and dtheta
-      for (int64_t i = 0; i < n; ++i) {
-        const int64_t r = i0 + i;
-        const S* th = w.theta.data() + i * kTheta;
-        S* dth = w.dtheta.data() + i * kTheta;
-        const S cs = std::cos(th[0]), sn = std::sin(th[0]);
-        const S s1 = std::exp(th[1]), s2 = std::exp(th[3]);
-        const S px = x[r * 3], py = x[r * 3 + 1];
-        // the division by 1 + eps
-        const S gx = dy[r * 3] * inv_div, gy = dy[r * 3 + 1] * inv_div;
-        if (c.inverse) {
-          const S ux = (px - th[2]) / s1, uy = (py - th[4]) / s2;
-          const S nx = cs * ux + sn * uy, ny = -sn * ux + cs * uy;
-          const S gux = gx * cs - gy * sn, guy = gx * sn + gy * cs;
-          dth[0] = gx * ny - gy * nx;
-          dth[1] = -gux * ux;
-          dth[2] = -gux / s1;
-          dth[3] = -guy * uy;
-          dth[4] = -guy / s2;
-          dx[r * 3] = gux / s1;
-          dx[r * 3 + 1] = guy / s2;
-        } else {
-          const S rx = cs * px - sn * py, ry = sn * px + cs * py;
-          dth[0] = -gx * s1 * ry + gy * s2 * rx;
-          dth[1] = gx * s1 * rx;
-          dth[2] = gx;
-          dth[3] = gy * s2 * ry;
-          dth[4] = gy;
-          dx[r * 3] = gx * s1 * cs + gy * s2 * sn;
-          dx[r * 3 + 1] = -gx * s1 * sn + gy * s2 * cs;
-        }
-        dx[r * 3 + 2] = dy[r * 3 + 2];
-      }
-      // output layer: dW_out, db_out, then d(pre-activation of h_NH)
-      at::Tensor dA = w.da.narrow(0, 0, n), dB = w.db.narrow(0, 0, n);
-      {
-        const G* top = hk(c, w, NH, i0, n).template data_ptr<G>();
-        G* da = dA.template data_ptr<G>();
+    for (TileGroup grp; claim(grp);) {
+      const int64_t slot = grp.index;
+      at::Tensor dw0 = g.dw0[slot], dw_hid = g.dw_hid[slot];
+      S* db0 = g.db0[slot].template data_ptr<S>();
+      S* db_hid = g.db_hid[slot].template data_ptr<S>();
+      S* dw_out = g.dw_out[slot].template data_ptr<S>();
+      S* db_out = g.db_out[slot].template data_ptr<S>();
+      for (int64_t ti = grp.first; ti < grp.last; ++ti) {
+        const int64_t i0 = ti * tile;
+        const int64_t n = std::min(tile, c.M - i0);
+        mlp<S, G>(c, w, x, t, i0, n, /*from_saved=*/true);
+        // through the map: dx, dy and dtheta
         for (int64_t i = 0; i < n; ++i) {
-          const S* dth = w.dtheta.data() + i * kTheta;
-          const G* row = top + i * H;
-          for (int64_t o = 0; o < kTheta; ++o) {
-            db_out[o] += dth[o];
-            S* gwo = dw_out + o * H;
-            const S d = dth[o];
-#pragma omp simd
-            for (int64_t j = 0; j < H; ++j) gwo[j] += d * S(ld(row[j]));
+          const int64_t r = i0 + i;
+          const S* th = w.theta.data() + i * kTheta;
+          S* dth = w.dtheta.data() + i * kTheta;
+          const S cs = std::cos(th[0]), sn = std::sin(th[0]);
+          const S s1 = std::exp(th[1]), s2 = std::exp(th[3]);
+          const S px = x[r * 3], py = x[r * 3 + 1];
+          // the division by 1 + eps
+          const S gx = dy[r * 3] * inv_div, gy = dy[r * 3 + 1] * inv_div;
+          if (c.inverse) {
+            const S ux = (px - th[2]) / s1, uy = (py - th[4]) / s2;
+            const S nx = cs * ux + sn * uy, ny = -sn * ux + cs * uy;
+            const S gux = gx * cs - gy * sn, guy = gx * sn + gy * cs;
+            dth[0] = gx * ny - gy * nx;
+            dth[1] = -gux * ux;
+            dth[2] = -gux / s1;
+            dth[3] = -guy * uy;
+            dth[4] = -guy / s2;
+            dx[r * 3] = gux / s1;
+            dx[r * 3 + 1] = guy / s2;
+          } else {
+            const S rx = cs * px - sn * py, ry = sn * px + cs * py;
+            dth[0] = -gx * s1 * ry + gy * s2 * rx;
+            dth[1] = gx * s1 * rx;
+            dth[2] = gx;
+            dth[3] = gy * s2 * ry;
+            dth[4] = gy;
+            dx[r * 3] = gx * s1 * cs + gy * s2 * sn;
+            dx[r * 3 + 1] = -gx * s1 * sn + gy * s2 * cs;
           }
-          const S* wo = c.w_out_s.data();
-          G* drow = da + i * H;
-#pragma omp simd
-          for (int64_t j = 0; j < H; ++j) {
-            const S gz = dth[0] * wo[j] + dth[1] * wo[H + j] + dth[2] * wo[2 * H + j] +
-                         dth[3] * wo[3 * H + j] + dth[4] * wo[4 * H + j];
-            st(drow[j], S(ld(row[j])) > S(0) ? gz : S(0));
+          dx[r * 3 + 2] = dy[r * 3 + 2];
+        }
+        // output layer: dW_out, db_out, then d(pre-activation of h_NH)
+        at::Tensor dA = w.da.narrow(0, 0, n), dB = w.db.narrow(0, 0, n);
+        {
+          const G* top = hk(c, w, NH, i0, n).template data_ptr<G>();
+          G* da = dA.template data_ptr<G>();
+          for (int64_t i = 0; i < n; ++i) {
+            const S* dth = w.dtheta.data() + i * kTheta;
+            const G* row = top + i * H;
+            for (int64_t o = 0; o < kTheta; ++o) {
+              db_out[o] += dth[o];
+              S* gwo = dw_out + o * H;
+              const S d = dth[o];
+  #pragma omp simd
+              for (int64_t j = 0; j < H; ++j) gwo[j] += d * S(ld(row[j]));
+            }
+            const S* wo = c.w_out_s.data();
+            G* drow = da + i * H;
+  #pragma omp simd
+            for (int64_t j = 0; j < H; ++j) {
+              const S gz = dth[0] * wo[j] + dth[1] * wo[H + j] + dth[2] * wo[2 * H + j] +
+                           dth[3] * wo[3 * H + j] + dth[4] * wo[4 * H + j];
+              st(drow[j], S(ld(row[j])) > S(0) ? gz : S(0));
+            }
           }
         }
-      }
-      // hidden layers, top down: h[k+1] = relu(h[k] @ W_k^T + b_k)
-      for (int64_t k = NH - 1; k >= 0; --k) {
-        at::Tensor hin = hk(c, w, k, i0, n);
-        acc_tn(dw_hid[k], dA, hin, w.gw);
-        const G* d = dA.template data_ptr<G>();
-        for (int64_t i = 0; i < n; ++i) add_row<S, G>(db_hid + k * H, d + i * H, H);
-        at::mm_out(dB, dA, c.w_hid.select(0, k));
-        mul_act_grad<S, G>(dB.template data_ptr<G>(), hin.template data_ptr<G>(), n * H, S(0));
-        std::swap(dA, dB);
-      }
-      // first layer: h0 = relu(pe @ w0^T + b0)
-      at::Tensor pe = w.pe.narrow(0, 0, n);
-      acc_tn(dw0, dA, pe, w.gw);
-      {
-        const G* d = dA.template data_ptr<G>();
-        for (int64_t i = 0; i < n; ++i) add_row<S, G>(db0, d + i * H, H);
-      }
-      at::Tensor dpe = w.dpe.narrow(0, 0, n);
-      at::mm_out(dpe, dA, c.w0);
-      // through the encoding: dt, and dz on top of the pass-through gradient
-      const G* dp = dpe.template data_ptr<G>();
-      for (int64_t i = 0; i < n; ++i) {
-        const int64_t r = i0 + i;
-        const G* row = dp + i * E;
-        const S zv = x[r * 3 + 2];
-        S gz = S(ld(row[2 * nf + 1]));
-        for (int64_t k = 0; k < nf; ++k) {
-          const S f = c.freq[k], a = zv * f;
-          gz += f * (std::cos(a) * S(ld(row[2 * k])) - std::sin(a) * S(ld(row[2 * k + 1])));
+        // hidden layers, top down: h[k+1] = relu(h[k] @ W_k^T + b_k)
+        for (int64_t k = NH - 1; k >= 0; --k) {
+          at::Tensor hin = hk(c, w, k, i0, n);
+          acc_tn(dw_hid[k], dA, hin, w.gw);
+          const G* d = dA.template data_ptr<G>();
+          for (int64_t i = 0; i < n; ++i) add_row<S, G>(db_hid + k * H, d + i * H, H);
+          at::mm_out(dB, dA, c.w_hid.select(0, k));
+          mul_act_grad<S, G>(dB.template data_ptr<G>(), hin.template data_ptr<G>(), n * H, S(0));
+          std::swap(dA, dB);
         }
-        dx[r * 3 + 2] += gz;
-        dt[r] = S(ld(row[2 * nf]));
+        // first layer: h0 = relu(pe @ w0^T + b0)
+        at::Tensor pe = w.pe.narrow(0, 0, n);
+        acc_tn(dw0, dA, pe, w.gw);
+        {
+          const G* d = dA.template data_ptr<G>();
+          for (int64_t i = 0; i < n; ++i) add_row<S, G>(db0, d + i * H, H);
+        }
+        at::Tensor dpe = w.dpe.narrow(0, 0, n);
+        at::mm_out(dpe, dA, c.w0);
+        // through the encoding: dt, and dz on top of the pass-through gradient
+        const G* dp = dpe.template data_ptr<G>();
+        for (int64_t i = 0; i < n; ++i) {
+          const int64_t r = i0 + i;
+          const G* row = dp + i * E;
+          const S zv = x[r * 3 + 2];
+          S gz = S(ld(row[2 * nf + 1]));
+          for (int64_t k = 0; k < nf; ++k) {
+            const S f = c.freq[k], a = zv * f;
+            gz += f * (std::cos(a) * S(ld(row[2 * k])) - std::sin(a) * S(ld(row[2 * k + 1])));
+          }
+          dx[r * 3 + 2] += gz;
+          dt[r] = S(ld(row[2 * nf]));
+        }
       }
     }
   });
@@ -347,14 +350,14 @@ std::vector<at::Tensor> affine_bwd_cpu(const at::Tensor& dy, const at::Tensor& x
                                        const AffineWeights& w, int64_t n_freq, bool inverse,
                                        bool bf16, int64_t tile) {
   const int64_t M = x.size(0);
-  const int64_t nt = std::max<int64_t>(1, at::get_num_threads());
-  auto per_thread = [&](const at::Tensor& p) {
-    std::vector<int64_t> sz{nt};
+  const int64_t groups = backward_tile_groups((M + tile - 1) / tile);
+  auto per_group = [&](const at::Tensor& p) {
+    std::vector<int64_t> sz{groups};
     for (auto s : p.sizes()) sz.push_back(s);
     return at::zeros(sz, x.options());
   };
-  AffineGrads g{per_thread(w.w0),    per_thread(w.b0),     per_thread(w.w_hid),
-                per_thread(w.b_hid), per_thread(w.w_out), per_thread(w.b_out)};
+  AffineGrads g{per_group(w.w0),    per_group(w.b0),     per_group(w.w_hid),
+                per_group(w.b_hid), per_group(w.w_out), per_group(w.b_out)};
   at::Tensor dx = at::empty_like(x), dt = at::empty_like(t);
   if (M > 0) {
     with_affine(x, bf16, w, n_freq, inverse, acts, [&](auto& c) {

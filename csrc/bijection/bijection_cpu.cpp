@@ -274,33 +274,34 @@ inline S clamp_s(S s) {
 template <typename S, typename G>
 void run_forward(const Stack<S, G>& c, const S* x, S* y, S* saved, int64_t tile) {
   const int64_t ntiles = (c.M + tile - 1) / tile;
-  at::parallel_for(0, ntiles, 1, [&](int64_t t0, int64_t t1) {
+  for_each_tile_group(ntiles, ntiles, [&](auto& claim) {
     c10::InferenceMode guard;
     Work<S, G> w(c, tile);
     Lap lap{at::get_thread_num()};
-    for (int64_t ti = t0; ti < t1; ++ti) {
-      const int64_t i0 = ti * tile;
-      const int64_t n = std::min(tile, c.M - i0);
-      std::copy(x + i0 * 3, x + (i0 + n) * 3, w.xc.begin());
-      for (int64_t step = 0; step < c.L; ++step) {
-        const int64_t l = c.inverse ? c.L - 1 - step : step;
-        if (saved) std::copy(w.xc.begin(), w.xc.begin() + n * 3, saved + (l * c.M + i0) * 3);
-        layer_net<S, G>(c, w, l, i0, n, &lap);
-        const int64_t si = c.coords[l];
-        for (int64_t i = 0; i < n; ++i) {
-          const S s = clamp_s(w.sr[i]);
-          S& v = w.xc[i * 3 + si];
-          v = c.inverse ? v * std::exp(s) + w.tt[i] : (v - w.tt[i]) * std::exp(-s);
+    for (TileGroup grp; claim(grp);)
+      for (int64_t ti = grp.first; ti < grp.last; ++ti) {
+        const int64_t i0 = ti * tile;
+        const int64_t n = std::min(tile, c.M - i0);
+        std::copy(x + i0 * 3, x + (i0 + n) * 3, w.xc.begin());
+        for (int64_t step = 0; step < c.L; ++step) {
+          const int64_t l = c.inverse ? c.L - 1 - step : step;
+          if (saved) std::copy(w.xc.begin(), w.xc.begin() + n * 3, saved + (l * c.M + i0) * 3);
+          layer_net<S, G>(c, w, l, i0, n, &lap);
+          const int64_t si = c.coords[l];
+          for (int64_t i = 0; i < n; ++i) {
+            const S s = clamp_s(w.sr[i]);
+            S& v = w.xc[i * 3 + si];
+            v = c.inverse ? v * std::exp(s) + w.tt[i] : (v - w.tt[i]) * std::exp(-s);
+          }
         }
+        std::copy(w.xc.begin(), w.xc.begin() + n * 3, y + i0 * 3);
       }
-      std::copy(w.xc.begin(), w.xc.begin() + n * 3, y + i0 * 3);
-    }
   });
 }
 
-// Per-thread gradient accumulators (type S), all layers.
+// Gradient accumulators (type S), all layers, one slot per tile group.
 struct Grads {
-  at::Tensor dfb, dproj_w, dproj_b, dw_in_h, dw_hid, db_hid, dw_out, db_out;  // [nthreads, ...]
+  at::Tensor dfb, dproj_w, dproj_b, dw_in_h, dw_hid, db_hid, dw_out, db_out;  // [groups, ...]
 };
 
 template <typename S, typename G>
@@ -308,127 +309,129 @@ void run_backward(const Stack<S, G>& c, const S* dy, const S* saved, S* dx, Grad
                   int64_t tile) {
   const int64_t ntiles = (c.M + tile - 1) / tile;
   const int64_t L = c.L, E = c.E, P = c.P, H = c.H, NH = c.NH, nf = c.nf;
-  at::parallel_for(0, ntiles, 1, [&](int64_t t0, int64_t t1) {
+  for_each_tile_group(ntiles, g.dfb.size(0), [&](auto& claim) {
     c10::InferenceMode guard;
-    const int64_t tid = at::get_thread_num();
     Work<S, G> w(c, tile);
-    Lap lap{tid};
-    at::Tensor dproj_w = g.dproj_w[tid], dw_in_h = g.dw_in_h[tid], dw_hid = g.dw_hid[tid];
-    S* dfb = g.dfb[tid].template data_ptr<S>();
-    S* dproj_b = g.dproj_b[tid].template data_ptr<S>();
-    S* db_hid = g.db_hid[tid].template data_ptr<S>();
-    S* dw_out = g.dw_out[tid].template data_ptr<S>();
-    S* db_out = g.db_out[tid].template data_ptr<S>();
-    for (int64_t ti = t0; ti < t1; ++ti) {
-      const int64_t i0 = ti * tile;
-      const int64_t n = std::min(tile, c.M - i0);
-      std::copy(dy + i0 * 3, dy + (i0 + n) * 3, w.dxy.begin());
-      for (int64_t step = 0; step < L; ++step) {
-        // layers in the reverse of the order they were applied
-        const int64_t l = c.inverse ? step : L - 1 - step;
-        const int64_t si = c.coords[l];
-        const int64_t a = si == 0 ? 1 : 0;
-        const int64_t b = si == 2 ? 1 : 2;
-        std::copy(saved + (l * c.M + i0) * 3, saved + (l * c.M + i0 + n) * 3, w.xc.begin());
-        lap(kBel);
-        layer_net<S, G>(c, w, l, i0, n, &lap, /*from_saved=*/true);
-        // through the coordinate update
-        for (int64_t i = 0; i < n; ++i) {
-          const S sraw = w.sr[i];
-          const S s = clamp_s(sraw);
-          const S gy = w.dxy[i * 3 + si];
-          const S xs = w.xc[i * 3 + si];
-          S ds, dt;
-          if (c.inverse) {
-            const S e = std::exp(s);
-            w.dxy[i * 3 + si] = gy * e;
-            dt = gy;
-            ds = gy * xs * e;
-          } else {
-            const S e = std::exp(-s);
-            const S yv = (xs - w.tt[i]) * e;
-            w.dxy[i * 3 + si] = gy * e;
-            dt = -gy * e;
-            ds = -gy * yv;
-          }
-          const bool pass = sraw >= S(-kSClamp) && sraw <= S(kSClamp);
-          w.dst[i * 2] = pass ? ds : S(0);
-          w.dst[i * 2 + 1] = dt;
-        }
-        // output layer: dW_out, db_out, then d(pre-activation of z_last)
-        {
-          const G* zl = zt(c, w, l, NH, i0, n).template data_ptr<G>();
-          const S* ws = c.w_out_s.data() + l * 2 * H;
-          const S* wt = ws + H;
-          S* gws = dw_out + l * 2 * H;
-          S* gwt = gws + H;
-          G* da = w.da.template data_ptr<G>();
-          S sb = 0, tb = 0;
-          for (int64_t i = 0; i < n; ++i) {
-            const S ds = w.dst[i * 2], dt = w.dst[i * 2 + 1];
-            sb += ds;
-            tb += dt;
-            out_layer_bwd_row<S, G>(zl + i * H, ws, wt, gws, gwt, da + i * H, ds, dt, H);
-          }
-          db_out[l * 2] += sb;
-          db_out[l * 2 + 1] += tb;
-        }
-        // hidden layers, top down: z[k+1] = leaky(z[k] @ W_k^T + b_k)
-        at::Tensor dA = w.rows(w.da, n, H), dB = w.rows(w.db, n, H);
-        for (int64_t k = NH - 1; k >= 0; --k) {
-          at::Tensor zin = zt(c, w, l, k, i0, n);
+    Lap lap{at::get_thread_num()};
+    for (TileGroup grp; claim(grp);) {
+      const int64_t slot = grp.index;
+      at::Tensor dproj_w = g.dproj_w[slot], dw_in_h = g.dw_in_h[slot], dw_hid = g.dw_hid[slot];
+      S* dfb = g.dfb[slot].template data_ptr<S>();
+      S* dproj_b = g.dproj_b[slot].template data_ptr<S>();
+      S* db_hid = g.db_hid[slot].template data_ptr<S>();
+      S* dw_out = g.dw_out[slot].template data_ptr<S>();
+      S* db_out = g.db_out[slot].template data_ptr<S>();
+      for (int64_t ti = grp.first; ti < grp.last; ++ti) {
+        const int64_t i0 = ti * tile;
+        const int64_t n = std::min(tile, c.M - i0);
+        std::copy(dy + i0 * 3, dy + (i0 + n) * 3, w.dxy.begin());
+        for (int64_t step = 0; step < L; ++step) {
+          // layers in the reverse of the order they were applied
+          const int64_t l = c.inverse ? step : L - 1 - step;
+          const int64_t si = c.coords[l];
+          const int64_t a = si == 0 ? 1 : 0;
+          const int64_t b = si == 2 ? 1 : 2;
+          std::copy(saved + (l * c.M + i0) * 3, saved + (l * c.M + i0 + n) * 3, w.xc.begin());
           lap(kBel);
-          acc_tn(dw_hid[k][l], dA, zin, w.gw);
+          layer_net<S, G>(c, w, l, i0, n, &lap, /*from_saved=*/true);
+          // through the coordinate update
+          for (int64_t i = 0; i < n; ++i) {
+            const S sraw = w.sr[i];
+            const S s = clamp_s(sraw);
+            const S gy = w.dxy[i * 3 + si];
+            const S xs = w.xc[i * 3 + si];
+            S ds, dt;
+            if (c.inverse) {
+              const S e = std::exp(s);
+              w.dxy[i * 3 + si] = gy * e;
+              dt = gy;
+              ds = gy * xs * e;
+            } else {
+              const S e = std::exp(-s);
+              const S yv = (xs - w.tt[i]) * e;
+              w.dxy[i * 3 + si] = gy * e;
+              dt = -gy * e;
+              ds = -gy * yv;
+            }
+            const bool pass = sraw >= S(-kSClamp) && sraw <= S(kSClamp);
+            w.dst[i * 2] = pass ? ds : S(0);
+            w.dst[i * 2 + 1] = dt;
+          }
+          // output layer: dW_out, db_out, then d(pre-activation of z_last)
+          {
+            const G* zl = zt(c, w, l, NH, i0, n).template data_ptr<G>();
+            const S* ws = c.w_out_s.data() + l * 2 * H;
+            const S* wt = ws + H;
+            S* gws = dw_out + l * 2 * H;
+            S* gwt = gws + H;
+            G* da = w.da.template data_ptr<G>();
+            S sb = 0, tb = 0;
+            for (int64_t i = 0; i < n; ++i) {
+              const S ds = w.dst[i * 2], dt = w.dst[i * 2 + 1];
+              sb += ds;
+              tb += dt;
+              out_layer_bwd_row<S, G>(zl + i * H, ws, wt, gws, gwt, da + i * H, ds, dt, H);
+            }
+            db_out[l * 2] += sb;
+            db_out[l * 2 + 1] += tb;
+          }
+          // hidden layers, top down: z[k+1] = leaky(z[k] @ W_k^T + b_k)
+          at::Tensor dA = w.rows(w.da, n, H), dB = w.rows(w.db, n, H);
+          for (int64_t k = NH - 1; k >= 0; --k) {
+            at::Tensor zin = zt(c, w, l, k, i0, n);
+            lap(kBel);
+            acc_tn(dw_hid[k][l], dA, zin, w.gw);
+            lap(kWmm);
+            {
+              const G* d = dA.template data_ptr<G>();
+              S* acc = db_hid + (k * L + l) * H;
+              for (int64_t i = 0; i < n; ++i) add_row<S, G>(acc, d + i * H, H);
+            }
+            lap(kBel);
+            at::mm_out(dB, dA, c.wh(k, l));
+            lap(kXmm);
+            G* d = dB.template data_ptr<G>();
+            const G* zp = zin.template data_ptr<G>();
+            mul_act_grad<S, G>(d, zp, n * H, S(kSlope));
+            std::swap(dA, dB);
+          }
+          // first layer: z0 = leaky(h0 @ w_in_h^T + frame_bias[frame])
+          at::Tensor h0_t = w.h0.narrow(0, 0, n);
+          lap(kBel);
+          acc_tn(dw_in_h[l], dA, h0_t, w.gw);
           lap(kWmm);
           {
             const G* d = dA.template data_ptr<G>();
-            S* acc = db_hid + (k * L + l) * H;
-            for (int64_t i = 0; i < n; ++i) add_row<S, G>(acc, d + i * H, H);
+            for (int64_t i = 0; i < n; ++i) {
+              add_row<S, G>(dfb + (c.fidx[i0 + i] * L + l) * H, d + i * H, H);
+            }
           }
+          at::Tensor dHt = (dA.data_ptr() == w.da.data_ptr()) ? w.rows(w.db, n, P)
+                                                               : w.rows(w.da, n, P);
           lap(kBel);
-          at::mm_out(dB, dA, c.wh(k, l));
+          at::mm_out(dHt, dA, c.wi(l));
           lap(kXmm);
-          G* d = dB.template data_ptr<G>();
-          const G* zp = zin.template data_ptr<G>();
-          mul_act_grad<S, G>(d, zp, n * H, S(kSlope));
-          std::swap(dA, dB);
-        }
-        // first layer: z0 = leaky(h0 @ w_in_h^T + frame_bias[frame])
-        at::Tensor h0_t = w.h0.narrow(0, 0, n);
-        lap(kBel);
-        acc_tn(dw_in_h[l], dA, h0_t, w.gw);
-        lap(kWmm);
-        {
-          const G* d = dA.template data_ptr<G>();
-          for (int64_t i = 0; i < n; ++i) {
-            add_row<S, G>(dfb + (c.fidx[i0 + i] * L + l) * H, d + i * H, H);
+          {
+            G* d = dHt.template data_ptr<G>();
+            const G* hp = h0_t.template data_ptr<G>();
+            S* acc = dproj_b + l * P;
+            mul_act_grad<S, G>(d, hp, n * P, S(kSlope));
+            for (int64_t i = 0; i < n; ++i) add_row<S, G>(acc, d + i * P, P);
+          }
+          at::Tensor pe_t = w.pe.narrow(0, 0, n);
+          lap(kBel);
+          acc_tn(dproj_w[l], dHt, pe_t, w.gw);
+          lap(kWmm);
+          at::Tensor dpe = w.dpe.narrow(0, 0, n);
+          at::mm_out(dpe, dHt, c.pw(l));
+          lap(kXmm);
+          {
+            encode_grad<S, G>(dpe.template data_ptr<G>(), w.xc.data(), a, b, c.freq.data(), nf,
+                              w.dxy.data(), n, E);
           }
         }
-        at::Tensor dHt = (dA.data_ptr() == w.da.data_ptr()) ? w.rows(w.db, n, P)
-                                                             : w.rows(w.da, n, P);
-        lap(kBel);
-        at::mm_out(dHt, dA, c.wi(l));
-        lap(kXmm);
-        {
-          G* d = dHt.template data_ptr<G>();
-          const G* hp = h0_t.template data_ptr<G>();
-          S* acc = dproj_b + l * P;
-          mul_act_grad<S, G>(d, hp, n * P, S(kSlope));
-          for (int64_t i = 0; i < n; ++i) add_row<S, G>(acc, d + i * P, P);
-        }
-        at::Tensor pe_t = w.pe.narrow(0, 0, n);
-        lap(kBel);
-        acc_tn(dproj_w[l], dHt, pe_t, w.gw);
-        lap(kWmm);
-        at::Tensor dpe = w.dpe.narrow(0, 0, n);
-        at::mm_out(dpe, dHt, c.pw(l));
-        lap(kXmm);
-        {
-          encode_grad<S, G>(dpe.template data_ptr<G>(), w.xc.data(), a, b, c.freq.data(), nf,
-                            w.dxy.data(), n, E);
-        }
+        std::copy(w.dxy.begin(), w.dxy.begin() + n * 3, dx + i0 * 3);
       }
-      std::copy(w.dxy.begin(), w.dxy.begin() + n * 3, dx + i0 * 3);
     }
     lap(kBel);
   });
@@ -542,21 +545,22 @@ std::vector<at::Tensor> coupling_stack_bwd_cpu(const at::Tensor& dy, const at::T
                                                int64_t tile) {
   const int64_t M = dy.size(0);
   const int64_t nt = std::max<int64_t>(1, at::get_num_threads());
+  const int64_t groups = backward_tile_groups((M + tile - 1) / tile);
   auto opt = dy.options();
-  auto per_thread = [&](const at::Tensor& t) {
-    std::vector<int64_t> sz{nt};
+  auto per_group = [&](const at::Tensor& t) {
+    std::vector<int64_t> sz{groups};
     for (auto s : t.sizes()) sz.push_back(s);
     return at::zeros(sz, opt);
   };
   Grads g;
-  g.dfb = per_thread(w.frame_bias);
-  g.dproj_w = per_thread(w.proj_w);
-  g.dproj_b = per_thread(w.proj_b);
-  g.dw_in_h = per_thread(w.w_in_h);
-  g.dw_hid = per_thread(w.w_hid);
-  g.db_hid = per_thread(w.b_hid);
-  g.dw_out = per_thread(w.w_out);
-  g.db_out = per_thread(w.b_out);
+  g.dfb = per_group(w.frame_bias);
+  g.dproj_w = per_group(w.proj_w);
+  g.dproj_b = per_group(w.proj_b);
+  g.dw_in_h = per_group(w.w_in_h);
+  g.dw_hid = per_group(w.w_hid);
+  g.db_hid = per_group(w.b_hid);
+  g.dw_out = per_group(w.w_out);
+  g.db_out = per_group(w.b_out);
   at::Tensor dx = at::empty_like(dy);
   const auto t0 = std::chrono::steady_clock::now();
   if (prof_on()) std::memset(g_phase, 0, sizeof(g_phase));

@@ -2,15 +2,18 @@
 // the GaborNet): loads and stores of the product dtype, the per-row elementwise loops around the
 // matrix products, the products themselves and the huge-page advice for large saved buffers.
 //
-// The kernels work the same way: threads take contiguous ranges of point tiles; per tile the
-// matrix products go through ATen (MKL for fp32/fp64, oneDNN for bf16) on per-thread buffers that
-// stay in the core's cache, and every elementwise step is a loop over the buffer a product just
-// wrote. S is the scalar type of coordinates, biases and gradient accumulators (float or double),
-// G the dtype of the product operands (S, or bf16 in the bf16 matmul mode).
+// The kernels work the same way: threads claim groups of point tiles (for_each_tile_group); per
+// tile the matrix products go through ATen (MKL for fp32/fp64, oneDNN for bf16) on per-thread
+// buffers that stay in the core's cache, and every elementwise step is a loop over the buffer a
+// product just wrote. S is the scalar type of coordinates, biases and gradient accumulators
+// (float or double), G the dtype of the product operands (S, or bf16 in the bf16 matmul mode).
 #pragma once
 
 #include <torch/extension.h>
+#include <ATen/Parallel.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cmath>
 #include <cstring>
@@ -99,6 +102,45 @@ inline void acc_tn(at::Tensor acc, const at::Tensor& a, const at::Tensor& b,
   at::Tensor t = tmp.view({-1}).narrow(0, 0, numel).view({acc.size(0), acc.size(1)});
   at::mm_out(t, a.t(), b);
   add_row<float, c10::BFloat16>(acc.data_ptr<float>(), t.data_ptr<c10::BFloat16>(), numel);
+}
+
+// Work sharing over point tiles that follows the CPU time each thread actually gets, with sums
+// that do not depend on the schedule. The tiles are cut into `groups` contiguous groups; each
+// thread takes the next unclaimed group from a shared counter, so a thread that gets less than a
+// whole core (another process on it) takes fewer groups instead of holding the others up at the
+// end of the parallel region, as a static split of the tiles does. A backward accumulates each
+// group's weight gradients into that group's own slot, in tile order, and the slots are summed in
+// a fixed order afterwards: the result depends on the tile and thread counts, never on which
+// thread ran which group.
+struct TileGroup {
+  int64_t index = 0, first = 0, last = 0;  // group index and its tiles [first, last)
+};
+
+// Groups for a backward over ntiles tiles: one per thread would leave no room to balance, many
+// cost an accumulator slot each (zeroed and summed per call); 3 per thread balance a thread that
+// gets half a core against one that gets a whole one. At least 1 (for the accumulators' shape).
+inline int64_t backward_tile_groups(int64_t ntiles) {
+  const int64_t nt = std::max<int64_t>(1, at::get_num_threads());
+  const int64_t want = nt == 1 ? 1 : 3 * nt;
+  return std::max<int64_t>(1, std::min<int64_t>(ntiles, want));
+}
+
+// Runs body(claim) once on each of up to min(groups, threads) threads; claim(TileGroup&) fills in
+// the next unclaimed group and returns false when none is left. Per-thread scratch lives in body.
+template <typename Body>
+void for_each_tile_group(int64_t ntiles, int64_t groups, const Body& body) {
+  if (ntiles <= 0 || groups <= 0) return;
+  std::atomic<int64_t> next{0};
+  auto claim = [&](TileGroup& g) {
+    const int64_t i = next.fetch_add(1, std::memory_order_relaxed);
+    if (i >= groups) return false;
+    g.index = i;
+    g.first = i * ntiles / groups;
+    g.last = (i + 1) * ntiles / groups;
+    return true;
+  };
+  const int64_t workers = std::min<int64_t>(groups, std::max<int64_t>(1, at::get_num_threads()));
+  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) { body(claim); });
 }
 
 // Asks the kernel to back the 2 MiB-aligned interior of a large fresh buffer with transparent

@@ -171,30 +171,33 @@ OMNIFAST_VECTORIZE void tile_forward(const Net<S, G>& c, Work<S, G>& w, const S*
 template <typename S, typename G>
 void run_forward(const Net<S, G>& c, const S* x, S* y, S* acts, int64_t tile) {
   const int64_t ntiles = (c.M + tile - 1) / tile;
-  at::parallel_for(0, ntiles, 1, [&](int64_t t0, int64_t t1) {
+  for_each_tile_group(ntiles, ntiles, [&](auto& claim) {
     c10::InferenceMode guard;
     Work<S, G> w(c, tile);
-    for (int64_t ti = t0; ti < t1; ++ti) {
-      const int64_t i0 = ti * tile;
-      const int64_t n = std::min(tile, c.M - i0);
-      tile_forward<S, G>(c, w, x + i0 * c.D, i0, n, acts, /*from_saved=*/false);
-      at::Tensor yo = w.yo.narrow(0, 0, n);
-      mm_nt(yo, w.z.select(0, c.NL).narrow(0, 0, n), c.out_w);
-      const G* yp = yo.template data_ptr<G>();
-      for (int64_t i = 0; i < n; ++i) {
-        for (int64_t o = 0; o < c.O; ++o) y[(i0 + i) * c.O + o] = S(ld(yp[i * c.O + o])) + c.out_b[o];
+    for (TileGroup grp; claim(grp);)
+      for (int64_t ti = grp.first; ti < grp.last; ++ti) {
+        const int64_t i0 = ti * tile;
+        const int64_t n = std::min(tile, c.M - i0);
+        tile_forward<S, G>(c, w, x + i0 * c.D, i0, n, acts, /*from_saved=*/false);
+        at::Tensor yo = w.yo.narrow(0, 0, n);
+        mm_nt(yo, w.z.select(0, c.NL).narrow(0, 0, n), c.out_w);
+        const G* yp = yo.template data_ptr<G>();
+        for (int64_t i = 0; i < n; ++i) {
+          for (int64_t o = 0; o < c.O; ++o) {
+            y[(i0 + i) * c.O + o] = S(ld(yp[i * c.O + o])) + c.out_b[o];
+          }
+        }
       }
-    }
   });
 }
 
 struct Grads {
-  at::Tensor dfw, dfb, dmu, dgamma, dlin_w, dlin_b, dout_w, dout_b;  // [nthreads, ...], type S
+  at::Tensor dfw, dfb, dmu, dgamma, dlin_w, dlin_b, dout_w, dout_b;  // [groups, ...], type S
 };
 
 // Backward of filter k for the tile, given dg = dL/dg_k [n, H] (S): adds the tile's input
 // gradient to w.dx and accumulates the filter's weight gradients, those of W_k and mu_k
-// transposed ([D, H], in w.gfwT / w.gmuT, folded into [H, D] once per thread) so that every
+// transposed ([D, H], in w.gfwT / w.gmuT, folded into [H, D] once per tile group) so that every
 // reduction runs along a row of H values while it is in L1.
 template <typename S, typename G>
 OMNIFAST_VECTORIZE void filter_bwd(const Net<S, G>& c, Work<S, G>& w, int64_t k, const S* x,
@@ -257,81 +260,86 @@ OMNIFAST_VECTORIZE void run_backward(const Net<S, G>& c, const S* dy, const S* x
                                      S* dx, Grads& gr, int64_t tile) {
   const int64_t ntiles = (c.M + tile - 1) / tile;
   const int64_t H = c.H, D = c.D, O = c.O, NL = c.NL;
-  at::parallel_for(0, ntiles, 1, [&](int64_t t0, int64_t t1) {
+  for_each_tile_group(ntiles, gr.dfw.size(0), [&](auto& claim) {
     c10::InferenceMode guard;
-    const int64_t tid = at::get_thread_num();
     Work<S, G> w(c, tile);
-    at::Tensor dfw = gr.dfw[tid], dmu = gr.dmu[tid], dlin_w = gr.dlin_w[tid];
-    at::Tensor dout_w = gr.dout_w[tid];
-    S* dfb = gr.dfb[tid].template data_ptr<S>();
-    S* dgamma = gr.dgamma[tid].template data_ptr<S>();
-    S* dlin_b = gr.dlin_b[tid].template data_ptr<S>();
-    S* dout_b = gr.dout_b[tid].template data_ptr<S>();
-    for (int64_t ti = t0; ti < t1; ++ti) {
-      const int64_t i0 = ti * tile;
-      const int64_t n = std::min(tile, c.M - i0);
-      const S* xp = x + i0 * D;
-      tile_forward<S, G>(c, w, xp, i0, n, acts, /*from_saved=*/true);
-      w.dx.narrow(0, 0, n).zero_();
-      // output linear
-      at::Tensor dyo = w.dyo.narrow(0, 0, n);
-      {
-        G* dp = dyo.template data_ptr<G>();
-        for (int64_t i = 0; i < n; ++i) {
-          for (int64_t o = 0; o < O; ++o) {
-            const S v = dy[(i0 + i) * O + o];
-            st(dp[i * O + o], v);
-            dout_b[o] += v;
+    for (TileGroup grp; claim(grp);) {
+      const int64_t slot = grp.index;
+      at::Tensor dfw = gr.dfw[slot], dmu = gr.dmu[slot], dlin_w = gr.dlin_w[slot];
+      at::Tensor dout_w = gr.dout_w[slot];
+      S* dfb = gr.dfb[slot].template data_ptr<S>();
+      S* dgamma = gr.dgamma[slot].template data_ptr<S>();
+      S* dlin_b = gr.dlin_b[slot].template data_ptr<S>();
+      S* dout_b = gr.dout_b[slot].template data_ptr<S>();
+      std::fill(w.gfwT.begin(), w.gfwT.end(), S(0));
+      std::fill(w.gmuT.begin(), w.gmuT.end(), S(0));
+      std::fill(w.csum.begin(), w.csum.end(), S(0));
+      for (int64_t ti = grp.first; ti < grp.last; ++ti) {
+        const int64_t i0 = ti * tile;
+        const int64_t n = std::min(tile, c.M - i0);
+        const S* xp = x + i0 * D;
+        tile_forward<S, G>(c, w, xp, i0, n, acts, /*from_saved=*/true);
+        w.dx.narrow(0, 0, n).zero_();
+        // output linear
+        at::Tensor dyo = w.dyo.narrow(0, 0, n);
+        {
+          G* dp = dyo.template data_ptr<G>();
+          for (int64_t i = 0; i < n; ++i) {
+            for (int64_t o = 0; o < O; ++o) {
+              const S v = dy[(i0 + i) * O + o];
+              st(dp[i * O + o], v);
+              dout_b[o] += v;
+            }
           }
         }
-      }
-      acc_tn(dout_w, dyo, w.z.select(0, NL).narrow(0, 0, n), w.gw);
-      at::Tensor mmt = w.mm.narrow(0, 0, n);
-      at::mm_out(mmt, dyo, c.out_w);
-      S* dz = w.dz.template data_ptr<S>();
-      {
-        const G* mp = mmt.template data_ptr<G>();
-#pragma omp simd
-        for (int64_t e = 0; e < n * H; ++e) dz[e] = S(ld(mp[e]));
-      }
-      for (int64_t k = NL; k >= 1; --k) {
-        // z_k = g_k * a_k: da = dz g_k (to the linear), dz <- dz a_k (to the filter)
-        const S* g = w.g.select(0, k).template data_ptr<S>();
-        const S* a = w.a.select(0, k - 1).template data_ptr<S>();
-        at::Tensor da = w.da.narrow(0, 0, n);
-        G* dap = da.template data_ptr<G>();
-        S* lb = dlin_b + (k - 1) * H;
-        for (int64_t i = 0; i < n; ++i) {
-#pragma omp simd
-          for (int64_t j = 0; j < H; ++j) {
-            const int64_t e = i * H + j;
-            const S v = dz[e] * g[e];
-            st(dap[e], v);
-            lb[j] += v;  // the bias is added after the product, in S
-            dz[e] *= a[e];
-          }
+        acc_tn(dout_w, dyo, w.z.select(0, NL).narrow(0, 0, n), w.gw);
+        at::Tensor mmt = w.mm.narrow(0, 0, n);
+        at::mm_out(mmt, dyo, c.out_w);
+        S* dz = w.dz.template data_ptr<S>();
+        {
+          const G* mp = mmt.template data_ptr<G>();
+  #pragma omp simd
+          for (int64_t e = 0; e < n * H; ++e) dz[e] = S(ld(mp[e]));
         }
-        acc_tn(dlin_w[k - 1], da, w.z.select(0, k - 1).narrow(0, 0, n), w.gw);
-        filter_bwd<S, G>(c, w, k, xp, n, dz, dfb + k * H, dgamma + k * H);
-        at::mm_out(mmt, da, c.lin_w.select(0, k - 1));
-        const G* mp = mmt.template data_ptr<G>();
-#pragma omp simd
-        for (int64_t e = 0; e < n * H; ++e) dz[e] = S(ld(mp[e]));
+        for (int64_t k = NL; k >= 1; --k) {
+          // z_k = g_k * a_k: da = dz g_k (to the linear), dz <- dz a_k (to the filter)
+          const S* g = w.g.select(0, k).template data_ptr<S>();
+          const S* a = w.a.select(0, k - 1).template data_ptr<S>();
+          at::Tensor da = w.da.narrow(0, 0, n);
+          G* dap = da.template data_ptr<G>();
+          S* lb = dlin_b + (k - 1) * H;
+          for (int64_t i = 0; i < n; ++i) {
+  #pragma omp simd
+            for (int64_t j = 0; j < H; ++j) {
+              const int64_t e = i * H + j;
+              const S v = dz[e] * g[e];
+              st(dap[e], v);
+              lb[j] += v;  // the bias is added after the product, in S
+              dz[e] *= a[e];
+            }
+          }
+          acc_tn(dlin_w[k - 1], da, w.z.select(0, k - 1).narrow(0, 0, n), w.gw);
+          filter_bwd<S, G>(c, w, k, xp, n, dz, dfb + k * H, dgamma + k * H);
+          at::mm_out(mmt, da, c.lin_w.select(0, k - 1));
+          const G* mp = mmt.template data_ptr<G>();
+  #pragma omp simd
+          for (int64_t e = 0; e < n * H; ++e) dz[e] = S(ld(mp[e]));
+        }
+        filter_bwd<S, G>(c, w, 0, xp, n, dz, dfb, dgamma);
+        const S* dxt = w.dx.template data_ptr<S>();
+        std::copy(dxt, dxt + n * D, dx + i0 * D);
       }
-      filter_bwd<S, G>(c, w, 0, xp, n, dz, dfb, dgamma);
-      const S* dxt = w.dx.template data_ptr<S>();
-      std::copy(dxt, dxt + n * D, dx + i0 * D);
-    }
-    // the filters' W and mu gradients, back to [NL + 1, H, D]
-    S* gfw = dfw.data_ptr<S>();
-    S* gmu = dmu.data_ptr<S>();
-    const S* mu = c.mu.template data_ptr<S>();
-    for (int64_t k = 0; k <= NL; ++k) {
-      for (int64_t j = 0; j < H; ++j) {
-        for (int64_t d = 0; d < D; ++d) {
-          const int64_t e = (k * H + j) * D + d, t = (k * D + d) * H + j;
-          gfw[e] += w.gfwT[t];
-          gmu[e] += S(2) * mu[e] * w.csum[k * H + j] - S(2) * w.gmuT[t];
+      // the filters' W and mu gradients, back to [NL + 1, H, D]
+      S* gfw = dfw.data_ptr<S>();
+      S* gmu = dmu.data_ptr<S>();
+      const S* mu = c.mu.template data_ptr<S>();
+      for (int64_t k = 0; k <= NL; ++k) {
+        for (int64_t j = 0; j < H; ++j) {
+          for (int64_t d = 0; d < D; ++d) {
+            const int64_t e = (k * H + j) * D + d, t = (k * D + d) * H + j;
+            gfw[e] += w.gfwT[t];
+            gmu[e] += S(2) * mu[e] * w.csum[k * H + j] - S(2) * w.gmuT[t];
+          }
         }
       }
     }
@@ -397,14 +405,14 @@ std::vector<at::Tensor> gabor_net_fwd_cpu(const at::Tensor& x, const GaborWeight
 std::vector<at::Tensor> gabor_net_bwd_cpu(const at::Tensor& dy, const at::Tensor& x,
                                           const at::Tensor& acts, const GaborWeights& w,
                                           bool bf16, int64_t tile) {
-  const int64_t nt = std::max<int64_t>(1, at::get_num_threads());
-  auto per_thread = [&](const at::Tensor& p) {
-    std::vector<int64_t> sz{nt};
+  const int64_t groups = backward_tile_groups((x.size(0) + tile - 1) / tile);
+  auto per_group = [&](const at::Tensor& p) {
+    std::vector<int64_t> sz{groups};
     for (auto s : p.sizes()) sz.push_back(s);
     return at::zeros(sz, x.options());
   };
-  Grads g{per_thread(w.filt_w), per_thread(w.filt_b), per_thread(w.mu),    per_thread(w.gamma),
-          per_thread(w.lin_w),  per_thread(w.lin_b),  per_thread(w.out_w), per_thread(w.out_b)};
+  Grads g{per_group(w.filt_w), per_group(w.filt_b), per_group(w.mu),    per_group(w.gamma),
+          per_group(w.lin_w),  per_group(w.lin_b),  per_group(w.out_w), per_group(w.out_b)};
   at::Tensor dx = at::empty_like(x);
   if (x.size(0) > 0) {
     with_net(x, bf16, w, [&](auto& c) {

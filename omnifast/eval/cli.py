@@ -103,8 +103,7 @@ def run(args: argparse.Namespace) -> int:
                        load=args.load, baselines=baselines, skip_omnifast=args.baselines_only,
                        device=args.device, write_videos=not args.no_video,
                        progress=not args.no_progress, exact_motion=args.exact_motion,
-                       refine=not args.no_refine,
-                       fit_fn=getattr(args, "fit_fn", None))
+                       refine=not args.no_refine)
     except (ValueError, FileNotFoundError) as e:
         print(f"omnifast eval: {e}", file=sys.stderr)
         return 2

@@ -8,7 +8,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,7 +75,7 @@ def synthetic_clips(names: Iterable[str] = ("easy", "medium", "hard"), *, seed: 
     return out
 
 
-def _fit_default(video: np.ndarray, **kw):
+def _fit(video: np.ndarray, **kw):
     from omnifast.api import fit  # noqa: PLC0415 (torch and the trainer on demand)
 
     return fit(video, **kw)
@@ -382,8 +382,8 @@ def score_tracks(clip: EvalClip, tracks: np.ndarray, occluded: np.ndarray) -> di
 
 
 @flushes_subnormals
-def evaluate_clip(clip: EvalClip, *, fit_fn: Callable | None = None, preset: str = "cpu",
-                  iters: int | None = None, seed: int = 0, out_dir: Path | None = None,
+def evaluate_clip(clip: EvalClip, *, preset: str = "cpu", iters: int | None = None,
+                  seed: int = 0, out_dir: Path | None = None,
                   load: Path | None = None, baselines: Sequence[str] = tuple(BASELINES),
                   skip_omnifast: bool = False, device: str | None = None,
                   progress: bool = True, quiet: bool = False, exact_motion: bool = False,
@@ -404,26 +404,25 @@ def evaluate_clip(clip: EvalClip, *, fit_fn: Callable | None = None, preset: str
         if load is not None:
             _log(f"[{clip.name}] loading {load}", quiet)
             tracker = _load_tracker(load)
-            fit_s = float(getattr(tracker, "info", {}).get("fit_seconds", float("nan")))
+            fit_s = float(tracker.info.get("fit_seconds", float("nan")))
         else:
             _log(f"[{clip.name}] fitting omnifast (preset {preset}, iters "
                  f"{iters if iters is not None else 'preset default'})", quiet)
-            fit = fit_fn or _fit_default
             kw = {}
             if exact_motion:
                 if clip.source is None or not hasattr(clip.source, "exact_motion"):
                     raise ValueError("exact motion is only available for synthetic clips")
                 kw["motion"] = clip.source.exact_motion()
-            tracker = fit(clip.video, preset=preset, iters=iters, seed=seed,
-                          out_dir=None if out_dir is None else out_dir / "fit",
-                          device=device, progress=progress, **kw)
+            tracker = _fit(clip.video, preset=preset, iters=iters, seed=seed,
+                           out_dir=None if out_dir is None else out_dir / "fit",
+                           device=device, progress=progress, **kw)
             fit_s = time.perf_counter() - t0
         t1 = time.perf_counter()
         tr, occ = tracker.track(clip.query_points)
         track_s = time.perf_counter() - t1
         tr, occ = np.asarray(tr, np.float64), np.asarray(occ, bool)
         res = score_tracks(clip, tr, occ)
-        info = getattr(tracker, "info", {}) or {}
+        info = tracker.info
         res.update(fit_seconds=fit_s, track_seconds=track_s,
                    steps=info.get("steps"), optimise_seconds=info.get("fit_seconds"))
         results[METHOD_OMNIFAST], preds[METHOD_OMNIFAST] = res, (tr, occ)
@@ -456,7 +455,7 @@ def evaluate_clip(clip: EvalClip, *, fit_fn: Callable | None = None, preset: str
 
 @flushes_subnormals
 def run_eval(clips: Sequence[EvalClip], out_dir: str | os.PathLike, *, preset: str = "cpu",
-             iters: int | None = None, seed: int = 0, fit_fn: Callable | None = None,
+             iters: int | None = None, seed: int = 0,
              load: str | os.PathLike | None = None, baselines: Sequence[str] = tuple(BASELINES),
              skip_omnifast: bool = False, device: str | None = None, write_videos: bool = True,
              progress: bool = True, quiet: bool = False, exact_motion: bool = False,
@@ -470,7 +469,6 @@ def run_eval(clips: Sequence[EvalClip], out_dir: str | os.PathLike, *, preset: s
         preset: omnifast preset for fitting.
         iters: optimisation steps (default: the preset's).
         seed: fitting seed.
-        fit_fn: replaces :func:`omnifast.fit` (same keyword arguments); for tests.
         load: instead of fitting, load trackers: a folder holding ``<clip>/tracker.pt`` (or
             ``<clip>/fit/tracker.pt``), or one tracker file when there is one clip.
         baselines: names from :data:`omnifast.eval.baselines.BASELINES`.
@@ -504,7 +502,7 @@ def run_eval(clips: Sequence[EvalClip], out_dir: str | os.PathLike, *, preset: s
             if load_path is None:
                 raise FileNotFoundError(f"no tracker for clip {clip.name} under {lp}")
         results, preds = evaluate_clip(
-            clip, fit_fn=fit_fn, preset=preset, iters=iters, seed=seed,
+            clip, preset=preset, iters=iters, seed=seed,
             out_dir=out / clip.name, load=load_path, baselines=baselines,
             skip_omnifast=skip_omnifast, device=device, progress=progress, quiet=quiet,
             exact_motion=exact_motion, refine=refine)

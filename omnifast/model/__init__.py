@@ -16,9 +16,10 @@ from omnifast.model.geometry import (
 )
 from omnifast.model.nvp import InvertibleMap
 from omnifast.model.omnimotion import OmniMotion
+from omnifast.model.rays import Rays
 
 __all__ = [
     "GaborLayer", "GaborNet", "InvertibleMap", "OmniMotion", "contract", "denormalize_pixels",
     "load_checkpoint", "load_omnimotion_checkpoint", "normalize_pixels", "project",
-    "sample_depths", "save_checkpoint", "unproject",
+    "Rays", "sample_depths", "save_checkpoint", "unproject",
 ]

@@ -7,7 +7,7 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-from omnifast.dispatch import get_matmul_precision
+from omnifast.precision import get_matmul_precision
 
 
 @contextlib.contextmanager

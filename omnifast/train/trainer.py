@@ -41,9 +41,10 @@ import torch
 
 from omnifast.config import Preset, config_to_dict, get_preset
 from omnifast.data.motion import MotionData
-from omnifast.dispatch import PRECISIONS, matmul_precision
 from omnifast.model.checkpoint import CheckpointError, _atomic_save
 from omnifast.model.omnimotion import DEFAULT_SEED, OmniMotion
+from omnifast.model.rays import Rays
+from omnifast.precision import PRECISIONS, matmul_precision
 from omnifast.train import losses as _losses
 from omnifast.train.sampler import Batch, BatchPrefetcher, PairSampler
 
@@ -372,17 +373,16 @@ class Trainer:
         upsampled (nearest), which divides this cost by s^2 (a cpu-preset economy; the
         original predicts every pixel).
         """
-        from omnifast.track import Tracker  # noqa: PLC0415 (track imports the model layer)
-
         if self._prefetcher is not None:  # the batch drawn ahead used the old maps
             self._prefetcher.drain()
-        tracker = Tracker(self.model, self.height, self.width, device=self.device)
+        self.model.eval()
+        rays = Rays(self.model, self.height, self.width)
         n, h, w = self.num_frames, self.height, self.width
         stride = max(1, self.cfg.error_cache_stride)
         pred = []
         for k in range(n):
-            flow = tracker.correspondence(k, PairSampler.adjacent_partner(k, n),
-                                          with_occlusion=False, stride=stride)[0]
+            flow = rays.flow(k, PairSampler.adjacent_partner(k, n), with_occlusion=False,
+                             stride=stride)[0].float().cpu().numpy()
             if stride > 1:  # nearest-neighbour upsampling of the coarse flow
                 flow = flow.repeat(stride, axis=0).repeat(stride, axis=1)[:h, :w]
             pred.append(flow)
