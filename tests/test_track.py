@@ -5,16 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_MODEL
 
 import omnifast
-from omnifast.config import ModelConfig
 from omnifast.model.checkpoint import CheckpointError, save_checkpoint
 from omnifast.model.omnimotion import OmniMotion
 from omnifast.model.rays import EPS_FACTOR
 from omnifast.track import Tracker, load_tracker
 
-CFG = ModelConfig(code_dim=8, code_hidden=16, coupling_hidden=(16, 16, 16), proj_dim=16,
-                  use_affine=False, color_hidden=16, num_samples=8)
+CFG = TINY_MODEL
 T, H, W = 5, 12, 16
 
 
