@@ -22,6 +22,8 @@ from omnifast import ops
 from omnifast.model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from omnifast.model.geometry import project, sample_depths, unproject
 from omnifast.model.omnimotion import OmniMotion
+from omnifast.pixels import in_frame
+from omnifast.queries import validate_queries
 from omnifast.runtime import flushes_subnormals
 
 # the composite op's module (not the function of the same name): its fused argmax and
@@ -34,12 +36,6 @@ OCCLUSION_THRESHOLD = 0.99
 EPS_FACTOR = 1.1
 #: tracker files carry this tag among their extra entries
 TRACKER_KIND = "omnifast-tracker"
-
-
-def _as_numpy(x) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        return x.detach().cpu().numpy()
-    return np.asarray(x)
 
 
 class Tracker:
@@ -145,30 +141,16 @@ class Tracker:
             return px, torch.zeros_like(z, dtype=torch.bool)
         # Deliberate difference from the original (which decides occlusion from the density
         # alone): a point mapped outside the frame is not visible, as TAP-Vid counts it.
-        outside = ((px[:, 0] < 0) | (px[:, 0] > self.width - 1) | (px[:, 1] < 0)
-                   | (px[:, 1] > self.height - 1))
+        outside = ~in_frame(px[:, 0], px[:, 1], self.height, self.width)
         return px, self._occluded(targets, px, z) | outside
 
     # ------------------------------------------------------------------ queries
     def check_queries(self, query_points) -> np.ndarray:
-        """Validate queries [N, 3] as (t, y, x) pixels; returns them as float64 numpy."""
-        q = _as_numpy(query_points)
-        if q.dtype == object or not np.issubdtype(q.dtype, np.number):
-            raise ValueError(f"query points must be numbers, got dtype {q.dtype}")
-        q = q.astype(np.float64)
-        if q.ndim != 2 or q.shape[1] != 3:
-            raise ValueError(f"query points must have shape [N, 3] as (t, y, x), got "
-                             f"{list(q.shape)}")
-        if not np.isfinite(q).all():
-            raise ValueError("query points contain NaN or Inf")
-        t = q[:, 0]
-        if len(t) and (np.abs(t - np.round(t)) > 1e-3).any():
-            raise ValueError("query times must be whole frame indices")
-        if len(t) and (t.min() < 0 or t.max() > self.num_frames - 1):
-            bad = t[(t < 0) | (t > self.num_frames - 1)][0]
-            raise ValueError(f"query time {bad:g} is outside the video (frames 0..."
-                             f"{self.num_frames - 1})")
-        return q
+        """Validate queries [N, 3] as (t, y, x) pixels; returns them as float64 numpy.
+
+        See :func:`omnifast.queries.validate_queries` (fractional times are rejected).
+        """
+        return validate_queries(query_points, self.num_frames)
 
     @torch.no_grad()
     @flushes_subnormals
