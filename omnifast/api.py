@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -14,6 +13,7 @@ import torch
 
 from omnifast.config import Preset, get_preset
 from omnifast.data.motion import MotionData
+from omnifast.files import atomic_write
 from omnifast.runtime import cpu_settings
 from omnifast.track import Tracker, load_tracker
 from omnifast.train.trainer import Trainer, frames_digest
@@ -196,15 +196,8 @@ def _fit(video, *, preset, iters, out_dir, device, seed, resume, progress, tenso
 
 
 def _save_npz(path: Path, **arrays) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npz", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_write(path, suffix=".npz") as tmp:  # np.savez appends .npz to other names
         np.savez(tmp, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

@@ -27,13 +27,13 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from omnifast.config import Preset, config_to_dict, get_preset
+from omnifast.files import atomic_write
 
 STATE_NAME = "fit-many.json"
 SUMMARY_CSV = "summary.csv"
@@ -223,15 +223,8 @@ def video_inputs(name: str, options: dict) -> dict:
 # ------------------------------------------------------------------------------ files
 def _write_json(path: Path, data) -> None:
     """Write JSON atomically (temporary file in the same folder, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=1, default=str)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as tmp, open(tmp, "w") as fh:
+        json.dump(data, fh, indent=1, default=str)
 
 
 def _read_json(path: Path) -> dict | None:
@@ -560,10 +553,8 @@ def write_summary(results: Sequence[VideoResult], out_root: str | os.PathLike
         row["tracks"] = r.outputs.get("tracks", "")
         writer.writerow(row)
     csv_path, json_path = root / SUMMARY_CSV, root / SUMMARY_JSON
-    fd, tmp = tempfile.mkstemp(prefix=f".{SUMMARY_CSV}.", dir=root)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(buf.getvalue())
-    os.replace(tmp, csv_path)
+    with atomic_write(csv_path) as tmp:
+        tmp.write_text(buf.getvalue())
     counts = {s: sum(r.status == s for r in results) for s in (DONE, FAILED, INTERRUPTED)}
     counts["skipped"] = sum(r.skipped for r in results)
     _write_json(json_path, {"counts": counts, "videos": [r.to_dict() for r in results]})

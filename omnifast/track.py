@@ -18,16 +18,11 @@ import torch.nn.functional as F
 from omnifast.model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from omnifast.model.omnimotion import OmniMotion
 from omnifast.model.rays import Rays, default_points_per_call
+from omnifast.queries import validate_queries
 from omnifast.runtime import flushes_subnormals
 
 #: tracker files carry this tag among their extra entries
 TRACKER_KIND = "omnifast-tracker"
-
-
-def _as_numpy(x) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        return x.detach().cpu().numpy()
-    return np.asarray(x)
 
 
 class Tracker:
@@ -80,24 +75,11 @@ class Tracker:
 
     # ------------------------------------------------------------------ queries
     def check_queries(self, query_points) -> np.ndarray:
-        """Validate queries [N, 3] as (t, y, x) pixels; returns them as float64 numpy."""
-        q = _as_numpy(query_points)
-        if q.dtype == object or not np.issubdtype(q.dtype, np.number):
-            raise ValueError(f"query points must be numbers, got dtype {q.dtype}")
-        q = q.astype(np.float64)
-        if q.ndim != 2 or q.shape[1] != 3:
-            raise ValueError(f"query points must have shape [N, 3] as (t, y, x), got "
-                             f"{list(q.shape)}")
-        if not np.isfinite(q).all():
-            raise ValueError("query points contain NaN or Inf")
-        t = q[:, 0]
-        if len(t) and (np.abs(t - np.round(t)) > 1e-3).any():
-            raise ValueError("query times must be whole frame indices")
-        if len(t) and (t.min() < 0 or t.max() > self.num_frames - 1):
-            bad = t[(t < 0) | (t > self.num_frames - 1)][0]
-            raise ValueError(f"query time {bad:g} is outside the video (frames 0..."
-                             f"{self.num_frames - 1})")
-        return q
+        """Validate queries [N, 3] as (t, y, x) pixels; returns them as float64 numpy.
+
+        See :func:`omnifast.queries.validate_queries` (fractional times are rejected).
+        """
+        return validate_queries(query_points, self.num_frames)
 
     @torch.no_grad()
     @flushes_subnormals

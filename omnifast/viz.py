@@ -8,27 +8,19 @@ truncated file under the final name.
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from omnifast.files import atomic_write
+
 _SHIFT = 4  # sub-pixel bits for cv2 drawing calls
 _ONE = 1 << _SHIFT
 
 
 # ------------------------------------------------------------------------------------ writers
-
-
-def _atomic_target(path: str | os.PathLike, suffix: str) -> tuple[Path, Path]:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # a unique hidden name next to the target (same filesystem, so the rename is atomic); the
-    # suffix is kept because ffmpeg and cv2.imencode pick the format from it
-    tmp = path.parent / f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp{suffix}"
-    return path, tmp
 
 
 def _check_frames(frames: np.ndarray, name: str = "frames") -> np.ndarray:
@@ -65,8 +57,8 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float = 10,
     frames = _check_frames(frames)
     t, h, w, _ = frames.shape
     ph, pw = h % 2, w % 2
-    path, tmp = _atomic_target(path, ".mp4")
-    try:
+    path = Path(path)
+    with atomic_write(path, suffix=".mp4") as tmp:  # ffmpeg picks the format from the suffix
         writer = imageio_ffmpeg.write_frames(
             str(tmp), (w + pw, h + ph), fps=float(fps), codec="libx264", pix_fmt_in="rgb24",
             pix_fmt_out="yuv420p", quality=quality, macro_block_size=1,
@@ -77,10 +69,6 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float = 10,
                 frame = np.pad(frame, ((0, ph), (0, pw), (0, 0)), mode="edge")
             writer.send(np.ascontiguousarray(frame))
         writer.close()
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 
@@ -93,13 +81,8 @@ def write_image(path: str | os.PathLike, image: np.ndarray) -> Path:
     ok, buf = cv2.imencode(path.suffix or ".png", img)
     if not ok:
         raise ValueError(f"cannot encode an image of shape {img.shape} as {path.suffix}")
-    path, tmp = _atomic_target(path, path.suffix or ".png")
-    try:
+    with atomic_write(path) as tmp:
         tmp.write_bytes(buf.tobytes())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

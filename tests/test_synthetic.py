@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from omnifast.datasets.synthetic import DIFFICULTIES, generate_clip
+from omnifast.pixels import bilinear, in_frame
 
 
 @pytest.fixture(scope="module")
@@ -12,14 +13,7 @@ def clips():
 
 
 def _bilinear(img, x, y):
-    h, w = img.shape[:2]
-    x0 = np.clip(np.floor(x).astype(int), 0, w - 2)
-    y0 = np.clip(np.floor(y).astype(int), 0, h - 2)
-    fx, fy = (x - x0)[:, None], (y - y0)[:, None]
-    img = img.astype(np.float64)
-    top = img[y0, x0] * (1 - fx) + img[y0, x0 + 1] * fx
-    bot = img[y0 + 1, x0] * (1 - fx) + img[y0 + 1, x0 + 1] * fx
-    return top * (1 - fy) + bot * fy
+    return bilinear(img, x, y, border="clamp", dtype=np.float64)
 
 
 def test_shapes_and_types(clips):
@@ -76,8 +70,7 @@ def test_visible_points_lie_on_their_own_layer(clips):
         owner = np.broadcast_to(c.query_layers[:, None], c.occluded.shape)[vis]
         assert np.array_equal(c.layer_ids(q), owner), d
         # and a hidden point in the frame is covered by a nearer layer
-        inside = ~((c.tracks[..., 0] < -0.5) | (c.tracks[..., 0] > c.width - 0.5)
-                   | (c.tracks[..., 1] < -0.5) | (c.tracks[..., 1] > c.height - 0.5))
+        inside = in_frame(c.tracks[..., 0], c.tracks[..., 1], c.height, c.width)
         hid = c.occluded & inside
         if hid.any():
             qh = np.stack([tt[hid], c.tracks[hid][:, 1], c.tracks[hid][:, 0]], axis=-1)
@@ -115,8 +108,7 @@ def test_difficulty_properties():
     for d in DIFFICULTIES:
         c = generate_clip(d, seed=0)
         tr = c.tracks
-        out = ((tr[..., 0] < -0.5) | (tr[..., 0] > c.width - 0.5)
-               | (tr[..., 1] < -0.5) | (tr[..., 1] > c.height - 0.5))
+        out = ~in_frame(tr[..., 0], tr[..., 1], c.height, c.width)
         fg = c.query_layers > 0
         occluded_by_layer = c.occluded & ~out
         # points that get hidden and come back into view
@@ -147,7 +139,7 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="difficulty"):
         generate_clip("impossible")
     c = generate_clip("easy", num_frames=4, height=24, width=24)
-    with pytest.raises(ValueError, match="query frames"):
+    with pytest.raises(ValueError, match="outside the video"):
         c.ground_truth(np.array([[9.0, 1.0, 1.0]]))
 
 

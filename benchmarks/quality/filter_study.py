@@ -27,6 +27,7 @@ import numpy as np
 
 from omnifast.data.flow import MotionSettings, filter_pair, pair_flow, smooth_frames
 from omnifast.data.pairs import pixel_grid
+from omnifast.pixels import in_frame
 
 
 def _texture(h: int, w: int, seed: int, sigma: float = 2.0) -> np.ndarray:
@@ -71,7 +72,7 @@ def _truth(masks, bg_step, fg_step, i, j):
     fg = masks[i]
     d = np.where(fg[..., None], fg_step * (j - i), bg_step * (j - i)).astype(np.float32)
     qx, qy = xs + d[..., 0], ys + d[..., 1]
-    inside = (qx >= 0) & (qx <= w - 1) & (qy >= 0) & (qy <= h - 1)
+    inside = in_frame(qx, qy, h, w, margin=0)  # the masks' rule (filter_pair)
     qi = np.clip(np.rint(qy).astype(int), 0, h - 1)
     qj = np.clip(np.rint(qx).astype(int), 0, w - 1)
     covered = masks[j][qi, qj] & ~fg

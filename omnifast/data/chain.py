@@ -30,7 +30,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from omnifast.data.pairs import bilinear_sample, inside_image, pixel_grid
+from omnifast.data.pairs import pixel_grid
+from omnifast.pixels import bilinear, in_frame
 
 # The original compares the bilinearly sampled 0/1 mask with exactly 1.0; float32 bilinear
 # weights need not sum to exactly 1, so "1" means within this tolerance.
@@ -79,9 +80,9 @@ def chain_row(i: int, step: int, flows: np.ndarray, cycle: np.ndarray, occluded:
         direct = cyc_ij | occ_ij
         acc[direct] = flows[i, j][direct]
         qx, qy = xs + acc[..., 0], ys + acc[..., 1]
-        app = bilinear_sample(data.smooth[j], qx, qy)
-        col = bilinear_sample(data.rgb[j], qx, qy)
-        ok = inside_image(qx, qy, h, w)
+        app = bilinear(data.smooth[j], qx, qy, border="zeros")
+        col = bilinear(data.rgb[j], qx, qy, border="zeros")
+        ok = in_frame(qx, qy, h, w, margin=0)  # where the lookups read real pixels only
         ok &= np.linalg.norm(smooth_i - app, axis=-1) < data.appearance_threshold
         ok &= np.linalg.norm(rgb_i - col, axis=-1) < data.rgb_threshold
         valid &= ok
@@ -91,7 +92,7 @@ def chain_row(i: int, step: int, flows: np.ndarray, cycle: np.ndarray, occluded:
         cycle[i, j] = valid
         nxt = j + step
         if 0 <= nxt < t:
-            acc += bilinear_sample(flows[j, nxt], qx, qy)
-            hop = bilinear_sample(np.asarray(cycle[j, nxt], dtype=np.float32), qx, qy)
+            acc += bilinear(flows[j, nxt], qx, qy, border="zeros")
+            hop = bilinear(np.asarray(cycle[j, nxt], dtype=np.float32), qx, qy, border="zeros")
             valid &= hop >= 1.0 - _ONE_TOL
         j = nxt

@@ -21,7 +21,6 @@ import json
 import os
 import shutil
 import threading
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,9 +31,11 @@ import numpy as np
 from omnifast.data.chain import ChainInputs, chain_row
 from omnifast.data.motion import MotionData
 from omnifast.data.omnimotion_folder import motion_from_omnimotion_folder, write_omnimotion_folder
-from omnifast.data.pairs import bilinear_sample, inside_image, mask_stats, pixel_grid
+from omnifast.data.pairs import mask_stats, pixel_grid
 from omnifast.data.tracks import load_tracks, merge_tracks, motion_from_tracks
 from omnifast.data.video import VideoError, video_digest
+from omnifast.files import atomic_write, remove_stale_temporaries
+from omnifast.pixels import bilinear, in_frame
 
 CACHE_VERSION = 1  # bump when the cached content for the same settings changes
 
@@ -141,16 +142,16 @@ def filter_pair(f_ij: np.ndarray, f_ji: np.ndarray, interval: int, smooth_i: np.
     h, w = f_ij.shape[:2]
     xs, ys = pixel_grid(h, w)
     qx, qy = xs + f_ij[..., 0], ys + f_ij[..., 1]
-    back = bilinear_sample(f_ji, qx, qy)
+    back = bilinear(f_ji, qx, qy, border="zeros")
     e_fb = np.hypot(f_ij[..., 0] + back[..., 0], f_ij[..., 1] + back[..., 1])
     cycle = e_fb < s.cycle_threshold
-    inside = inside_image(qx, qy, h, w)
+    inside = in_frame(qx, qy, h, w, margin=0)  # where the lookups read real pixels only
     if interval >= s.appearance_min_interval:
-        diff = np.linalg.norm(smooth_i - bilinear_sample(smooth_j, qx, qy), axis=-1)
+        diff = np.linalg.norm(smooth_i - bilinear(smooth_j, qx, qy, border="zeros"), axis=-1)
         cycle &= inside & (diff < s.appearance_threshold)
     if interval <= s.occlusion_max_interval:
         rx, ry = qx + back[..., 0], qy + back[..., 1]
-        again = bilinear_sample(f_ij, rx, ry)
+        again = bilinear(f_ij, rx, ry, border="zeros")
         e_fbf = np.hypot(rx + again[..., 0] - qx, ry + again[..., 1] - qy)
         occluded = (e_fbf < s.occlusion_threshold) & (e_fb > s.occlusion_min_error) & inside
     else:
@@ -185,18 +186,6 @@ def motion_cache_key(frames: np.ndarray, settings: MotionSettings) -> str:
     blob = json.dumps({"v": CACHE_VERSION, "video": video_digest(frames), **asdict(settings)},
                       sort_keys=True)
     return f"motion-{hashlib.sha256(blob.encode()).hexdigest()[:20]}"
-
-
-def _remove_stale_temporaries(root: Path) -> None:
-    """Delete half-written entries (``.motion-<key>.<pid>.<rand>.tmp``) of dead processes."""
-    for tmp in root.glob(".motion-*.tmp"):
-        try:
-            pid = int(tmp.name.split(".")[2])
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            shutil.rmtree(tmp, ignore_errors=True)
-        except (ValueError, IndexError, PermissionError, OSError):
-            continue
 
 
 def _load_cached(entry: Path, frames: np.ndarray) -> MotionData | None:
@@ -319,18 +308,10 @@ def compute_motion(frames: np.ndarray, *, cache_dir: str | os.PathLike | bool | 
             return cached
         shutil.rmtree(entry, ignore_errors=True)  # unreadable: rebuild it
     root.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(root)
-    tmp = root / f".{entry.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    tmp.mkdir()
-    try:
+    remove_stale_temporaries(root, "motion-*")  # half-written entries of killed runs
+    # a concurrent writer that publishes the same entry first wins; ours is discarded
+    with atomic_write(entry, directory=True) as tmp:
         _compute(frames, settings, workers, progress, tmp)
-        try:
-            os.rename(tmp, entry)
-        except OSError:
-            if not entry.is_dir():  # not a concurrent writer that got there first
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     motion = _load_cached(entry, frames)
     if motion is None:
         raise RuntimeError(f"the motion cache entry {entry} could not be read back")

@@ -16,6 +16,7 @@ import numpy as np
 
 from omnifast.data.motion import MotionData
 from omnifast.data.pairs import mask_stats
+from omnifast.pixels import in_frame
 
 TracksSource = str | os.PathLike | Mapping
 
@@ -73,7 +74,7 @@ def _apply_tracks(flows: np.ndarray, cycle: np.ndarray, occluded: np.ndarray,
     h, w = flows.shape[2:4]
     px = np.rint(tracks[..., 0]).astype(np.int64)
     py = np.rint(tracks[..., 1]).astype(np.int64)
-    on_image = visible & (px >= 0) & (px < w) & (py >= 0) & (py < h)
+    on_image = visible & in_frame(px, py, h, w, margin=0)  # the nearest pixel exists
     written = 0
     for i in range(t):
         src = np.flatnonzero(on_image[:, i])

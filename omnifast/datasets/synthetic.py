@@ -13,7 +13,8 @@ tested against the layer's analytic shape, and coloured by bilinear lookup in th
 covering layer's texture. So a point u of layer k is *exactly* at c_k(t) + s_k(t) R u in
 frame t, which gives the true track of any query: find the front-most layer covering the
 query pixel in the query frame, map it to u, then forward to every frame. The point is
-occluded where a nearer layer covers it or where it lies outside the frame.
+occluded where a nearer layer covers it or where it lies outside the frame (beyond its outer
+edges: :func:`omnifast.pixels.in_frame`, the rule omnifast and the baselines are scored by).
 
 Difficulty levels:
 
@@ -32,6 +33,9 @@ from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
+
+from omnifast.pixels import bilinear, in_frame
+from omnifast.queries import validate_queries
 
 DIFFICULTIES: tuple[str, ...] = ("easy", "medium", "hard")
 
@@ -101,17 +105,8 @@ class _Layer:
 
     def sample(self, ux: np.ndarray, uy: np.ndarray) -> np.ndarray:
         """Bilinear texture lookup at texture coordinates u. [...] -> [..., 3] float32"""
-        tex = self.texture
-        h, w = tex.shape[:2]
-        px = np.clip(ux + self.origin[0], 0.0, w - 1.0)
-        py = np.clip(uy + self.origin[1], 0.0, h - 1.0)
-        x0 = np.minimum(np.floor(px).astype(np.int64), w - 2)
-        y0 = np.minimum(np.floor(py).astype(np.int64), h - 2)
-        fx = (px - x0)[..., None].astype(np.float32)
-        fy = (py - y0)[..., None].astype(np.float32)
-        top = tex[y0, x0] * (1 - fx) + tex[y0, x0 + 1] * fx
-        bot = tex[y0 + 1, x0] * (1 - fx) + tex[y0 + 1, x0 + 1] * fx
-        return top * (1 - fy) + bot * fy
+        return bilinear(self.texture, ux + self.origin[0], uy + self.origin[1], border="clamp",
+                        dtype=np.float32)
 
 
 def _noise_texture(rng: np.random.Generator, h: int, w: int, base: np.ndarray,
@@ -213,12 +208,9 @@ def _owner(layers: list[_Layer], t: np.ndarray, x: np.ndarray, y: np.ndarray) ->
 
 def _track(layers: list[_Layer], num_frames: int, height: int, width: int,
            query_points: np.ndarray):
-    qp = np.asarray(query_points, dtype=np.float64).reshape(-1, 3)
+    qp = validate_queries(query_points, num_frames)
     n = qp.shape[0]
-    tq = np.rint(qp[:, 0]).astype(np.int64)
-    if n and (tq.min() < 0 or tq.max() >= num_frames):
-        raise ValueError(f"query frames must lie in [0, {num_frames - 1}], got "
-                         f"{tq.min()}..{tq.max()}")
+    tq = qp[:, 0].astype(np.int64)
     qy, qx = qp[:, 1], qp[:, 2]
     owner = _owner(layers, tq, qx, qy)
     frames = np.arange(num_frames)[None, :]
@@ -233,9 +225,7 @@ def _track(layers: list[_Layer], num_frames: int, height: int, width: int,
         for j in range(k + 1, len(layers)):
             hidden |= layers[j].inside(*layers[j].to_local(frames, x, y))
         occluded[sel] = hidden
-    outside = ((tracks[..., 0] < -0.5) | (tracks[..., 0] > width - 0.5)
-               | (tracks[..., 1] < -0.5) | (tracks[..., 1] > height - 0.5))
-    occluded |= outside
+    occluded |= ~in_frame(tracks[..., 0], tracks[..., 1], height, width)
     return tracks, occluded, owner
 
 
@@ -288,7 +278,8 @@ class SyntheticClip:
         """Exact true tracks and occlusion for arbitrary queries.
 
         Args:
-            query_points: (t, y, x) with t an integer frame index (rounded). [N, 3]
+            query_points: (t, y, x) with t a whole frame index (checked by
+                :func:`omnifast.queries.validate_queries`). [N, 3]
 
         Returns:
             (tracks [N, T, 2] float64 (x, y), occluded [N, T] bool)
@@ -299,8 +290,8 @@ class SyntheticClip:
 
     def layer_ids(self, query_points: np.ndarray) -> np.ndarray:
         """Index of the layer each query lies on in its query frame (0 = background). [N]"""
-        qp = np.asarray(query_points, dtype=np.float64).reshape(-1, 3)
-        return _owner(self._layers, np.rint(qp[:, 0]).astype(np.int64), qp[:, 2], qp[:, 1])
+        qp = validate_queries(query_points, self.num_frames)
+        return _owner(self._layers, qp[:, 0].astype(np.int64), qp[:, 2], qp[:, 1])
 
     def segmentation(self) -> np.ndarray:
         """Front-most layer index of every pixel. [T, H, W] int64"""
@@ -361,8 +352,7 @@ class SyntheticClip:
             q = np.stack([np.full(xs.size, float(i)), ys.ravel(), xs.ravel()], -1)
             tr, occ = self.ground_truth(q)
             flow = tr - q[:, None, [2, 1]]  # [HW, T, 2]
-            outside = ((tr[..., 0] < -0.5) | (tr[..., 0] > w - 0.5)
-                       | (tr[..., 1] < -0.5) | (tr[..., 1] > h - 0.5))
+            outside = ~in_frame(tr[..., 0], tr[..., 1], h, w)
             flows[i] = flow.transpose(1, 0, 2).reshape(t, h, w, 2)
             cycle[i] = (~occ).T.reshape(t, h, w)
             hidden = (occ & ~outside).T.reshape(t, h, w)
@@ -454,8 +444,7 @@ def generate_clip(difficulty: str = "easy", num_frames: int = 24, height: int = 
         if level.need_exit:
             fg = owner > 0
             tr, _, _ = _track(layers, num_frames, height, width, probe[fg])
-            left = ((tr[..., 0] < -0.5) | (tr[..., 0] > width - 0.5)
-                    | (tr[..., 1] < -0.5) | (tr[..., 1] > height - 0.5))
+            left = ~in_frame(tr[..., 0], tr[..., 1], height, width)
             score += 0.0 if left.any() else 1.0
         if difficulty != "easy" and not fg_out:
             score += 1.0

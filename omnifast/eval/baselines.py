@@ -13,7 +13,8 @@ flow b (sampled at the forward target) is inconsistent, hence occluded, when
 * :func:`direct_flow_baseline` computes the flow from the query frame straight to every other
   frame: no drift, but large displacements and appearance changes defeat it.
 
-Positions that leave the frame are marked occluded.
+Positions that leave the frame (:func:`omnifast.pixels.in_frame`, the rule omnifast and the
+ground truth use too) are marked occluded.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import cv2
 import numpy as np
 
 from omnifast.data.flow import DIS_PRESETS, grey_frames
+from omnifast.pixels import bilinear, in_frame
+from omnifast.queries import validate_queries
 
 
 def _grey(video: np.ndarray) -> np.ndarray:
@@ -46,39 +49,15 @@ class _Flow:
         return self.dis.calc(a, b, None)
 
 
-def _sample(flow: np.ndarray, pts: np.ndarray) -> np.ndarray:
-    """Bilinear lookup of a [H, W, 2] field at (x, y) points, clamped to the frame. [M, 2]"""
-    h, w = flow.shape[:2]
-    x = np.clip(pts[:, 0], 0.0, w - 1.0)
-    y = np.clip(pts[:, 1], 0.0, h - 1.0)
-    x0 = np.minimum(np.floor(x).astype(np.int64), max(w - 2, 0))
-    y0 = np.minimum(np.floor(y).astype(np.int64), max(h - 2, 0))
-    x1, y1 = np.minimum(x0 + 1, w - 1), np.minimum(y0 + 1, h - 1)
-    fx, fy = (x - x0)[:, None], (y - y0)[:, None]
-    top = flow[y0, x0] * (1 - fx) + flow[y0, x1] * fx
-    bot = flow[y1, x0] * (1 - fx) + flow[y1, x1] * fx
-    return top * (1 - fy) + bot * fy
+def _flow_at(flow: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    """A [H, W, 2] flow field at (x, y) points [M, 2] (bilinear, clamped to the frame). [M, 2]"""
+    return bilinear(flow, pts[:, 0], pts[:, 1], border="clamp")
 
 
 def _inconsistent(f: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Forward-backward test per correspondence: True where occluded. f, b: [M, 2] -> [M]"""
     err = ((f + b) ** 2).sum(-1)
     return err > 0.01 * ((f ** 2).sum(-1) + (b ** 2).sum(-1)) + 0.5
-
-
-def _outside(pts: np.ndarray, h: int, w: int) -> np.ndarray:
-    return ((pts[..., 0] < -0.5) | (pts[..., 0] > w - 0.5)
-            | (pts[..., 1] < -0.5) | (pts[..., 1] > h - 0.5))
-
-
-def _check_queries(query_points: np.ndarray, t: int) -> tuple[np.ndarray, np.ndarray]:
-    qp = np.asarray(query_points, dtype=np.float64)
-    if qp.ndim != 2 or qp.shape[1] != 3:
-        raise ValueError(f"query_points must be [N, 3] (t, y, x), got {qp.shape}")
-    tq = np.rint(qp[:, 0]).astype(np.int64)
-    if qp.shape[0] and (tq.min() < 0 or tq.max() >= t):
-        raise ValueError(f"query frames must lie in [0, {t - 1}], got {tq.min()}..{tq.max()}")
-    return qp, tq
 
 
 def chained_flow_baseline(video: np.ndarray, query_points: np.ndarray, *,
@@ -100,7 +79,8 @@ def chained_flow_baseline(video: np.ndarray, query_points: np.ndarray, *,
     """
     grey = _grey(video)
     t_count, h, w = grey.shape
-    qp, tq = _check_queries(query_points, t_count)
+    qp = validate_queries(query_points, t_count)
+    tq = qp[:, 0].astype(np.int64)
     n = qp.shape[0]
     tracks = np.zeros((n, t_count, 2))
     occluded = np.zeros((n, t_count), dtype=bool)
@@ -114,19 +94,19 @@ def chained_flow_baseline(video: np.ndarray, query_points: np.ndarray, *,
         sel = np.flatnonzero(tq <= t)
         if sel.size:
             p = tracks[sel, t]
-            f = _sample(fwd[t], p)
+            f = _flow_at(fwd[t], p)
             q = p + f
             tracks[sel, t + 1] = q
-            occluded[sel, t + 1] = _inconsistent(f, _sample(bwd[t], q))
+            occluded[sel, t + 1] = _inconsistent(f, _flow_at(bwd[t], q))
     for t in range(t_count - 1, 0, -1):  # backwards: queries with tq >= t go back to t - 1
         sel = np.flatnonzero(tq >= t)
         if sel.size:
             p = tracks[sel, t]
-            b = _sample(bwd[t - 1], p)
+            b = _flow_at(bwd[t - 1], p)
             q = p + b
             tracks[sel, t - 1] = q
-            occluded[sel, t - 1] = _inconsistent(b, _sample(fwd[t - 1], q))
-    occluded |= _outside(tracks, h, w)
+            occluded[sel, t - 1] = _inconsistent(b, _flow_at(fwd[t - 1], q))
+    occluded |= ~in_frame(tracks[..., 0], tracks[..., 1], h, w)
     occluded[np.arange(n), tq] = False
     return tracks, occluded
 
@@ -148,7 +128,8 @@ def direct_flow_baseline(video: np.ndarray, query_points: np.ndarray, *,
     """
     grey = _grey(video)
     t_count, h, w = grey.shape
-    qp, tq = _check_queries(query_points, t_count)
+    qp = validate_queries(query_points, t_count)
+    tq = qp[:, 0].astype(np.int64)
     n = qp.shape[0]
     tracks = np.zeros((n, t_count, 2))
     occluded = np.zeros((n, t_count), dtype=bool)
@@ -160,11 +141,11 @@ def direct_flow_baseline(video: np.ndarray, query_points: np.ndarray, *,
         for t in range(t_count):
             if t == s:
                 continue
-            f = _sample(flow(grey[s], grey[t]), p)
+            f = _flow_at(flow(grey[s], grey[t]), p)
             q = p + f
             tracks[sel, t] = q
-            occluded[sel, t] = _inconsistent(f, _sample(flow(grey[t], grey[s]), q))
-    occluded |= _outside(tracks, h, w)
+            occluded[sel, t] = _inconsistent(f, _flow_at(flow(grey[t], grey[s]), q))
+    occluded |= ~in_frame(tracks[..., 0], tracks[..., 1], h, w)
     occluded[np.arange(n), tq] = False
     return tracks, occluded
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from omnifast.eval.baselines import BASELINES
 from omnifast.eval.metrics import THRESHOLDS, evaluate_tracks
+from omnifast.files import atomic_write
 from omnifast.runtime import flushes_subnormals
 
 METHOD_OMNIFAST = "omnifast"
@@ -323,13 +324,11 @@ def threshold_curves(per_clip: dict[str, dict], path: str | os.PathLike) -> Path
 
 def _write_png(path, img_bgr: np.ndarray) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     ok, buf = cv2.imencode(".png", img_bgr)
     if not ok:
         raise RuntimeError(f"cannot encode {path}")
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(buf.tobytes())
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        tmp.write_bytes(buf.tobytes())
     return path
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import itertools
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 
 import torch
 
 from omnifast.config import ModelConfig, config_to_dict, model_config_from_dict
+from omnifast.files import atomic_write
 from omnifast.model.omnimotion import DEFAULT_SEED, OmniMotion
 
 FORMAT = "omnifast"
@@ -150,19 +150,9 @@ def load_omnimotion_checkpoint(path: str | os.PathLike, *, coords: tuple[int, ..
 
 
 def _atomic_save(obj: object, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temp file beside ``path``, then rename: never a half-written file."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
-    os.close(fd)
-    try:
+    """``torch.save`` through :func:`omnifast.files.atomic_write`: never a half-written file."""
+    with atomic_write(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def save_checkpoint(model: OmniMotion, path: str | os.PathLike, **extra) -> None:

@@ -17,6 +17,7 @@ import torch
 from omnifast import ops
 from omnifast.model.geometry import project, sample_depths, unproject
 from omnifast.model.omnimotion import OmniMotion
+from omnifast.pixels import in_frame
 
 #: a point is occluded when the light absorbed in front of it exceeds this (spec 3.9)
 OCCLUSION_THRESHOLD = 0.99
@@ -123,8 +124,7 @@ class Rays:
             return px, torch.zeros_like(z, dtype=torch.bool)
         # Deliberate difference from the original (which decides occlusion from the density
         # alone): a point mapped outside the frame is not visible, as TAP-Vid counts it.
-        outside = ((px[:, 0] < 0) | (px[:, 0] > self.width - 1) | (px[:, 1] < 0)
-                   | (px[:, 1] > self.height - 1))
+        outside = ~in_frame(px[:, 0], px[:, 1], self.height, self.width)
         return px, self.occluded(targets, px, z) | outside
 
     def pixel_grid(self, stride: int = 1) -> torch.Tensor:

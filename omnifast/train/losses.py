@@ -27,6 +27,7 @@ import torch
 from omnifast.config import ModelConfig, TrainConfig
 from omnifast.model.geometry import project, sample_depths, unproject
 from omnifast.model.omnimotion import OmniMotion
+from omnifast.pixels import in_frame
 from omnifast.train.sampler import Batch
 
 #: the original keeps the samples of the first 20% of each ray transparent under mask_near
@@ -285,11 +286,10 @@ def step_losses(model: OmniMotion, batch: Batch, noise: torch.Tensor,
     y_hat = (w_masked.unsqueeze(-1) * y).sum(-2)  # [P, n, 3]
     px2, _ = project(y_hat, height, width)
 
-    pad = 0.0  # max_padding
-    flow_mask = ((px2[..., 0] >= -pad) & (px2[..., 0] <= width - 1 + pad)
-                 & (px2[..., 1] >= -pad) & (px2[..., 1] <= height - 1 + pad)).reshape(-1)
-    rgb_mask = ((batch.pts1[..., 0] >= 0) & (batch.pts1[..., 0] <= width - 1)
-                & (batch.pts1[..., 1] >= 0) & (batch.pts1[..., 1] <= height - 1)).reshape(-1)
+    pad = 0.0  # max_padding: the pixel-centre rectangle, as the original
+    flow_mask = in_frame(px2[..., 0], px2[..., 1], height, width, margin=pad).reshape(-1)
+    rgb_mask = in_frame(batch.pts1[..., 0], batch.pts1[..., 1], height, width,
+                        margin=0).reshape(-1)
 
     if isinstance(weights, LossWeights):
         lw = (weights.flow, weights.flow_grad, weights.rgb, weights.dist, weights.depth_range,

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from omnifast.config import TrainConfig
 from omnifast.data.motion import MotionData
+from omnifast.pixels import bilinear
 
 #: the original overwrites the sampling weight of each adjacent frame with this value
 ADJACENT_WEIGHT = 0.5
@@ -81,16 +82,6 @@ def _gaussian_blur(x: np.ndarray) -> np.ndarray:
     t = F.conv2d(F.pad(t, (r, r, 0, 0), mode=pad), g.view(1, 1, 1, -1))
     t = F.conv2d(F.pad(t, (0, 0, r, r), mode=pad), g.view(1, 1, -1, 1))
     return t[:, 0].numpy()
-
-
-def _bilinear_rgb(frame: torch.Tensor, pts: np.ndarray) -> np.ndarray:
-    """Sample an [H, W, 3] frame at (x, y) pixels, align-corners, zero outside. [n, 2] -> [n, 3]"""
-    h, w = frame.shape[:2]
-    xy = torch.from_numpy(pts).float()
-    grid = torch.stack([xy[:, 0] * 2 / max(w - 1, 1) - 1, xy[:, 1] * 2 / max(h - 1, 1) - 1], -1)
-    out = F.grid_sample(frame.permute(2, 0, 1)[None], grid[None, None], mode="bilinear",
-                        padding_mode="zeros", align_corners=True)
-    return out[0, :, 0].t().numpy()
 
 
 class PairSampler:
@@ -207,7 +198,7 @@ class PairSampler:
         weight = math.cos((interval - 1) / m * math.pi / 2) if pair_ok else 0.0
         weights = np.full(len(sel), weight, np.float32)
         if self.rng.random() > 0.5:
-            rgb2 = _bilinear_rgb(self.frames[j], pts2)
+            rgb2 = bilinear(self.frames[j], pts2[:, 0], pts2[:, 1], border="zeros").numpy()
             i, j, pts1, pts2, rgb1 = j, i, pts2, pts1, rgb2
             weights = weights * covis
         return {"id1": i, "id2": j, "pts1": pts1, "pts2": pts2, "rgb1": rgb1,

@@ -1,0 +1,132 @@
+"""The mask check on a hand-made clip whose answers are counted by hand: a 6x6 textured square
+moving 3 px right per frame over a static textured background."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from omnifast.eval.masks import mask_check, mask_grid_queries, read_masked_clip
+
+T, H, W = 5, 20, 30
+SIZE, X0, Y0, STEP = 6, 4, 7, 3
+
+
+def square_clip():
+    rng = np.random.default_rng(0)
+    background = rng.integers(0, 120, (H, W, 3), dtype=np.uint8)
+    texture = rng.integers(130, 256, (SIZE, SIZE, 3), dtype=np.uint8)
+    video = np.repeat(background[None], T, axis=0)
+    masks = np.zeros((T, H, W), dtype=bool)
+    for t in range(T):
+        x = X0 + STEP * t
+        video[t, Y0:Y0 + SIZE, x:x + SIZE] = texture
+        masks[t, Y0:Y0 + SIZE, x:x + SIZE] = True
+    return video, masks
+
+
+# (t, y, x): the square's left and right columns, a background point in the square's rows
+# (the square passes over it in frame 4) and one far from it
+QUERIES = np.array([[0, 9, X0], [0, 9, X0 + SIZE - 1], [0, 9, 20], [0, 1, 1]], dtype=float)
+ON_OBJECT = [True, True, False, False]
+
+
+def true_tracks():
+    tracks = np.zeros((len(QUERIES), T, 2))
+    for n, (_, y, x) in enumerate(QUERIES):
+        for t in range(T):
+            tracks[n, t] = (x + STEP * t if ON_OBJECT[n] else x, y)
+    occluded = np.zeros((len(QUERIES), T), dtype=bool)
+    occluded[2, 4] = True  # the square covers (20, 9) in frame 4: x in [16, 21]
+    return tracks, occluded
+
+
+def test_true_tracks_stay_on_their_side_and_match_colour():
+    video, masks = square_clip()
+    tracks, occluded = true_tracks()
+    got = mask_check(video, masks, QUERIES, tracks, occluded)
+    assert got["fg_kept"] == 1.0 and got["bg_kept"] == 1.0
+    assert got["photometric_error"] == 0.0
+    assert got["fg_occluded_in_view"] == 0.0
+    assert got["bg_occluded_in_view"] == pytest.approx(1 / 8)  # 1 flag, 2 points x 4 frames
+    assert got["fg_queries"] == 2 and got["bg_queries"] == 2
+
+
+def test_static_tracks_lose_the_object():
+    """Tracks that never move: the left column leaves the object at once, the right column
+    after frame 1 (square at x 7..12 then 10..15); the background point in the square's path
+    lands on the object in frame 4 (flags all visible)."""
+    video, masks = square_clip()
+    tracks = np.repeat(QUERIES[:, None, [2, 1]], T, axis=1)
+    got = mask_check(video, masks, QUERIES, tracks, np.zeros((len(QUERIES), T), dtype=bool))
+    assert got["fg_kept"] == pytest.approx(1 / 8)
+    assert got["bg_kept"] == pytest.approx(7 / 8)
+    assert got["photometric_error"] > 20
+    assert got["fg_occluded_in_view"] == 0.0 and got["bg_occluded_in_view"] == 0.0
+
+
+def test_occluded_and_outside_predictions_are_not_scored():
+    video, masks = square_clip()
+    tracks = np.repeat(QUERIES[:, None, [2, 1]], T, axis=1)
+    occluded = np.zeros((len(QUERIES), T), dtype=bool)
+    occluded[:2, 1:] = True  # every foreground frame but the query frame
+    tracks[2, 4] = (W + 5, 9)  # the background point leaves the frame where it would fail
+    got = mask_check(video, masks, QUERIES, tracks, occluded)
+    assert np.isnan(got["fg_kept"])
+    assert got["bg_kept"] == 1.0
+    assert got["fg_occluded_in_view"] == 1.0
+
+
+def test_region_out_of_view_does_not_count_occlusion():
+    """Frames where the object has shrunk below half its query-frame area are not 'in view'."""
+    video, masks = square_clip()
+    masks[3:, :, :] = False
+    masks[3:, Y0:Y0 + 2, X0:X0 + 2] = True  # 4 px of 36: out of view
+    tracks, _ = true_tracks()
+    occluded = np.zeros((len(QUERIES), T), dtype=bool)
+    occluded[0, 1:] = True
+    got = mask_check(video, masks, QUERIES, tracks, occluded)
+    # in view: frames 1 and 2 of the two foreground queries; flagged: query 0 in both
+    assert got["fg_occluded_in_view"] == pytest.approx(2 / 4)
+
+
+def test_bad_shapes_are_refused():
+    video, masks = square_clip()
+    tracks, occluded = true_tracks()
+    with pytest.raises(ValueError, match="expected tracks"):
+        mask_check(video, masks, QUERIES, tracks[:, :3], occluded)
+    with pytest.raises(ValueError, match="do not match"):
+        mask_check(video[:3], masks, QUERIES, tracks, occluded)
+
+
+def test_grid_queries_take_the_mask_side():
+    _, masks = square_clip()
+    queries, on_object = mask_grid_queries(masks, spacing=2)
+    assert set(queries[:, 0]) == {0, T // 2}
+    t, y, x = queries.T.astype(int)
+    np.testing.assert_array_equal(on_object, masks[t, y, x])
+    assert on_object.any() and not on_object.all()
+    with pytest.raises(ValueError, match="outside"):
+        mask_grid_queries(masks, frames=(T,))
+
+
+def test_read_masked_clip(tmp_path):
+    video, masks = square_clip()
+    frames = tmp_path / "JPEGImages" / "480p" / "square"
+    anns = tmp_path / "Annotations" / "480p" / "square"
+    frames.mkdir(parents=True)
+    anns.mkdir(parents=True)
+    for t in range(T):
+        cv2.imwrite(str(frames / f"{t:05d}.png"), cv2.cvtColor(video[t], cv2.COLOR_RGB2BGR))
+        cv2.imwrite(str(anns / f"{t:05d}.png"), masks[t].astype(np.uint8) * 255)
+    clip = read_masked_clip(tmp_path, "square")
+    np.testing.assert_array_equal(clip.video, video)
+    np.testing.assert_array_equal(clip.masks, masks)
+    small = read_masked_clip(tmp_path, "square", max_side=15, max_frames=3)
+    assert small.video.shape == (3, 10, 15, 3) and small.masks.shape == (3, 10, 15)
+    (anns / "00004.png").unlink()
+    with pytest.raises(ValueError, match="5 frames but 4 masks"):
+        read_masked_clip(tmp_path, "square")
+    with pytest.raises(FileNotFoundError):
+        read_masked_clip(tmp_path, "missing")
