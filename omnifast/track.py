@@ -329,8 +329,7 @@ class Tracker:
         config = dataclasses.replace(config or RefineConfig(), **refine_kw)
         q = self.check_queries(query_points)
         tracks, occluded = self.track(q, chunk_size=chunk_size)
-        refined = refine_fitted_tracks(self, frames, q, tracks, config=config,
-                                       flows=flows,
+        refined = refine_fitted_tracks(self, frames, q, tracks, config=config, flows=flows,
                                        chunk_size=chunk_size)
         return refined, occluded
 
