@@ -8,6 +8,8 @@ the spike filter; and the same stage fed by a fitted model.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -61,7 +63,7 @@ def refine_tracks(video, query_points, tracks, occluded=None, *, jacobians=None,
     qt = np.rint(q[:, 0]).astype(np.int64)
     if qt.min() < 0 or qt.max() >= t_count:
         raise ValueError(f"query times must lie in 0..{t_count - 1}")
-    grads = gradients(frames)
+    inp = _Inputs(frames, gradients(frames), q, qt, tr, occ, wts, flow_t)
 
     # the windows: centred on the point, and (window_shift > 0) the 8 around it
     shifts = (patch_offsets(1) * float(config.window_shift) if config.window_shift > 0
@@ -69,14 +71,12 @@ def refine_tracks(video, query_points, tracks, occluded=None, *, jacobians=None,
     given = warps is not None
     if warps is None:
         warps = np.broadcast_to(np.eye(2, dtype=np.float32), (n, t_count, 2, 2))
-    out, score, lin, count = _one_pass(frames, grads, q, qt, tr, occ, warps, given, wts,
-                                       shifts, config, flow_t)
+    out, score, lin, count = _one_pass(inp, warps, given, shifts, config)
     for _ in range(1, config.passes if shifts.shape[0] > 1 else 1):
         # each frame takes the transform fitted there, or in the nearest frame where it could
         # be (the query frame: the identity)
         warps = fill_nearest(lin, count >= config.warp_min_windows, qt)
-        out, score, lin, count = _one_pass(frames, grads, q, qt, tr, occ, warps, True, wts,
-                                           shifts, config, flow_t)
+        out, score, lin, count = _one_pass(inp, warps, True, shifts, config)
     out = suppress_spikes(out, tr, occ, qt, config)
     out[np.arange(n), qt] = q[:, [2, 1]].astype(np.float32)
     return out, score
@@ -122,14 +122,30 @@ def refine_fitted_tracks(model, video, query_points, tracks, *, flows=None,
     return refined
 
 
-def _one_pass(frames, grads, q, qt, tr, occ, warps, warp_given, weights, shifts, config,
-              flows):
-    """One matching pass of every query's windows, each window k of query i a template
-    centred on q_i + s_k predicted at track_i + warp s_k. Returns (points [N, T, 2], score
-    [N, T], the windows' fitted matrices [N, T, 2, 2] (identity with one window) and the
-    number of windows in each fit [N, T])."""
+@dataclass(frozen=True)
+class _Inputs:
+    """The checked inputs of one refinement."""
+
+    frames: torch.Tensor  # [T, C, H, W] float32 in [0, 1]
+    grads: torch.Tensor  # [T, 2C, H, W] their x and y derivatives
+    q: np.ndarray  # [N, 3] (t, y, x) float64
+    qt: np.ndarray  # [N] the query frames, int64
+    tracks: np.ndarray  # [N, T, 2] float32 predictions
+    occluded: np.ndarray  # [N, T] bool: frames not refined
+    weights: np.ndarray | None  # [N, T, P] float32 template weights
+    flows: tuple[torch.Tensor, torch.Tensor] | None  # each [T-1, 2, H, W]
+
+
+def _one_pass(inp: _Inputs, warps: np.ndarray, warp_given: bool, shifts: torch.Tensor,
+              config: RefineConfig):
+    """One matching pass of every query's windows, window k of query i a template centred
+    on q_i + s_k (``shifts`` [K, 2]) predicted at track_i + warp s_k (``warps`` [N, T, 2, 2];
+    the templates are warped by them only with ``warp_given``). Returns (points [N, T, 2],
+    score [N, T], the windows' fitted matrices [N, T, 2, 2] (the identity with one window)
+    and the number of windows in each fit [N, T])."""
+    q, qt, tr, occ, weights = inp.q, inp.qt, inp.tracks, inp.occluded, inp.weights
     n, t_count = tr.shape[:2]
-    h, w = frames.shape[-2:]
+    h, w = inp.frames.shape[-2:]
     sh = shifts.numpy()
     num_win = sh.shape[0]
     centre = num_win // 2
@@ -149,9 +165,9 @@ def _one_pass(frames, grads, q, qt, tr, occ, warps, warp_given, weights, shifts,
         keep[:, centre] = True
         ii, kk = np.nonzero(keep)
         pos, sc, acc = sweep_windows(
-            frames, grads, qx[ii, kk], qt[sl][ii], pred[ii, kk], occ[sl][ii],
+            inp.frames, inp.grads, qx[ii, kk], qt[sl][ii], pred[ii, kk], occ[sl][ii],
             warps[sl][ii] if warp_given else None,
-            None if weights is None else weights[sl][ii], offsets, config, flows)
+            None if weights is None else weights[sl][ii], offsets, config, inp.flows)
         pos_all = np.zeros((m, num_win, t_count, 2), np.float32)
         pos_all[ii, kk] = pos
         sc_all = np.full((m, num_win, t_count), np.nan, np.float32)
