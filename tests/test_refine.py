@@ -546,15 +546,16 @@ def test_track_refined_options_and_config_agree(tracker):
         tracker.track_refined(q, video, flows=frame_flows(video), flow_candidates=False)
 
 
-def test_eval_refines_as_track_refined(tracker):
+def test_eval_refines_as_track_refined(tracker, monkeypatch):
     # `omnifast eval` scores the tracks of Tracker.track_refined (it takes the same path)
+    import omnifast.api
     from omnifast.eval.run import METHOD_REFINED, EvalClip, evaluate_clip
 
+    monkeypatch.setattr(omnifast.api, "fit", lambda video, **kw: tracker)
     video, q = _tracker_clip(8)
     tr, occ = tracker.track(q)
     clip = EvalClip("random-model", video, q, tr, occ)
-    _, preds = evaluate_clip(clip, fit_fn=lambda video, **kw: tracker, baselines=(),
-                             progress=False, quiet=True)
+    _, preds = evaluate_clip(clip, baselines=(), progress=False, quiet=True)
     want, want_occ = tracker.track_refined(q, video)
     np.testing.assert_array_equal(preds[METHOD_REFINED][0], want)
     np.testing.assert_array_equal(preds[METHOD_REFINED][1], want_occ)
