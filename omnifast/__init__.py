@@ -44,6 +44,7 @@ _LAZY = {
     "fit_many": ("omnifast.many", "fit_many"),
     "load_tracker": ("omnifast.track", "load_tracker"),
     "Tracker": ("omnifast.track", "Tracker"),
+    "RefineConfig": ("omnifast.refine", "RefineConfig"),
     "load_video": ("omnifast.data.video", "load_video"),
 }
 __all__ += list(_LAZY)

@@ -204,52 +204,44 @@ class Tracker:
 
     @flushes_subnormals
     def track_refined(self, query_points, video, *, chunk_size: int | None = None,
-                      boundary_weights: bool = False, **refine_kw
+                      boundary_weights: bool = False, config=None, **refine_kw
                       ) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`track`, then :func:`omnifast.refine.refine_tracks` against the video.
+        """:meth:`track`, then :func:`omnifast.refine.refine_fitted_tracks` against the video.
 
-        Positions are corrected by template matching from the query frame, warped by the
-        fitted model's local Jacobian (then by the similarity transforms the matches
-        themselves give, over ``passes`` passes), in every frame (also those the model calls
-        occluded), with the frame-to-frame optical flow of ``video``
-        (:func:`omnifast.refine.frame_flows`) as a second candidate per frame unless
-        ``flows`` is passed (None: none); occlusion flags are the model's. With
-        ``boundary_weights`` the match is restricted to the pixels that
-        :meth:`template_weights` says move with the query, and frames next to a boundary keep
-        the model's position: better where the fit is good (a smooth local mapping), worse
-        where it is not (benchmarks/RESULTS.md, quality). ``refine_kw`` are passed on
-        (``radius``, ``search``, ``min_score``, ``window_shift``, ``passes``, ...). Costs
-        about 3 :meth:`track` calls, plus (2r+1)^2 with the boundary weights, and per pass
-        the matching of 9 windows per query and frame at two candidates (23-36 s in all for
-        256 queries of 24 96x128 frames on 2 idle cores, against 4-7 s for one pass without
-        flows; ``window_shift=0``: one window and one pass, much faster and less precise).
+        Positions are corrected by template matching from the query frame in every frame;
+        occlusion flags are the model's. ``config`` (a :class:`omnifast.refine.RefineConfig`)
+        holds the settings; keyword arguments override its fields (``radius``, ``passes``,
+        ``window_shift``, ...). ``boundary_weights=True`` turns on the model's template
+        weights (and the centred window alone, unless ``window_shift`` is given);
+        ``flows``: the clip's frame-to-frame flows if already computed, None: no flow
+        candidates. Costs about 3 :meth:`track` calls plus the matching (docs/design.md,
+        "Refinement").
 
         Returns:
             ``(tracks [N, T, 2] float32, occluded [N, T] bool)`` as :meth:`track`.
         """
-        from omnifast.refine import DEFAULT_RADIUS, frame_flows, refine_tracks  # noqa: PLC0415
+        import dataclasses  # noqa: PLC0415
+
+        from omnifast.refine import RefineConfig, refine_fitted_tracks  # noqa: PLC0415
 
         frames = np.asarray(video)
         if frames.ndim != 4 or frames.shape[0] != self.num_frames or \
                 frames.shape[1:3] != (self.height, self.width):
             raise ValueError(f"video must be [{self.num_frames}, {self.height}, {self.width}, C] "
                              f"(the fitted clip), got {list(frames.shape)}")
+        # ``flows=None`` (an explicit None) turns the flow candidates off
+        no_flows = "flows" in refine_kw and refine_kw["flows"] is None
+        flows = refine_kw.pop("flows", None)
+        if no_flows:
+            refine_kw["flow_candidates"] = False
+        if boundary_weights:
+            refine_kw["boundary_weights"] = True
+            refine_kw.setdefault("window_shift", 0)
+        config = dataclasses.replace(config or RefineConfig(), **refine_kw)
         q = self.check_queries(query_points)
         tracks, occluded = self.track(q, chunk_size=chunk_size)
-        jac = self.local_jacobians(q, chunk_size=chunk_size)
-        wts = None
-        if boundary_weights:
-            # the weights are those of the centred window: no off-centre windows with them
-            refine_kw.setdefault("window_shift", 0)
-            if len(q):
-                wts = self.template_weights(q, tracks, jac, chunk_size=chunk_size,
-                                            radius=refine_kw.get("radius", DEFAULT_RADIUS))
-        # every frame is refined, also those the model calls occluded: a short fit calls some
-        # visible frames occluded, and where the template matches there the position is
-        # corrected (benchmarks/RESULTS.md, quality); the occlusion flags stay the model's
-        if "flows" not in refine_kw and len(q):
-            refine_kw["flows"] = frame_flows(frames)
-        refined, _ = refine_tracks(frames, q, tracks, None, jac, wts, **refine_kw)
+        refined = refine_fitted_tracks(self, frames, q, tracks, config=config, flows=flows,
+                                       chunk_size=chunk_size)
         return refined, occluded
 
     def grid_queries(self, frame: int = 0, spacing: int | None = None,

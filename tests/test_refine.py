@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from omnifast.refine import frame_flows, refine_tracks, similarity_part
+from omnifast.refine import RefineConfig, frame_flows, refine_tracks, similarity_part
 
 H, W = 48, 64
 
@@ -58,7 +58,8 @@ def test_recovers_a_subpixel_translation(iterations, robust):
     pred = truth + rng.uniform(-2.0, 2.0, (len(q), 1, 2)) \
         + rng.uniform(-0.3, 0.3, truth.shape)
     pred[:, 0] = q[:, [2, 1]]
-    out, score = refine_tracks(video, q, pred, iterations=iterations, robust=robust)
+    out, score = refine_tracks(video, q, pred,
+                               config=RefineConfig(iterations=iterations, robust=robust))
     assert out.shape == pred.shape and out.dtype == np.float32
     err0 = np.abs(pred[:, 1:] - truth[:, 1:]).max()
     err = np.abs(out[:, 1:] - truth[:, 1:])
@@ -78,7 +79,7 @@ def test_a_frame_without_a_match_takes_its_neighbours_correction():
     pred = truth + np.array([1.5, -1.2])  # the same model error in every frame
     pred[:, 0] = q[:, [2, 1]]
     out, score = refine_tracks(video, q, pred)
-    raw, _ = refine_tracks(video, q, pred, temporal_median=1)
+    raw, _ = refine_tracks(video, q, pred, config=RefineConfig(temporal_median=1))
     # unfiltered, frame 2 keeps the model's error; filtered, it gets frames 1 and 3's fix
     np.testing.assert_array_equal(raw[:, 2], pred[:, 2].astype(np.float32))
     assert np.abs(out[:, 2] - truth[:, 2]).max() < 0.05
@@ -90,8 +91,6 @@ def test_a_frame_without_a_match_takes_its_neighbours_correction():
     occ[:, 2] = True
     out_o, _ = refine_tracks(video, q, pred, occ)
     np.testing.assert_array_equal(out_o[:, 2], pred[:, 2].astype(np.float32))
-    with pytest.raises(ValueError, match="temporal_median"):
-        refine_tracks(video, q, pred, temporal_median=2)
 
 
 def test_follows_rotation_with_the_jacobian():
@@ -114,7 +113,7 @@ def test_follows_rotation_with_the_jacobian():
     jac = np.zeros((len(q), 2, 2, 2), np.float32)
     jac[:, 0] = np.eye(2)
     jac[:, 1] = np.array([[c, -s], [s, c]])
-    out, score = refine_tracks(video, q, pred, jacobians=jac, radius=3)
+    out, score = refine_tracks(video, q, pred, jacobians=jac, config=RefineConfig(radius=3))
     assert np.abs(out[:, 1] - truth[:, 1]).max() < 0.1
     assert (score[:, 1] > 0.95).all()
 
@@ -140,9 +139,10 @@ def test_later_passes_warp_by_the_matched_similarity():
     pred = truth + np.array([1.0, -0.7])
     pred[:, 0] = q[:, [2, 1]]
     jac = np.broadcast_to(np.eye(2, dtype=np.float32), (len(q), 5, 2, 2))
-    err1 = np.linalg.norm(refine_tracks(video, q, pred, jacobians=jac, passes=1)[0] - truth,
+    err1 = np.linalg.norm(refine_tracks(video, q, pred, jacobians=jac,
+                                        config=RefineConfig(passes=1))[0] - truth,
                           axis=-1)
-    out, score = refine_tracks(video, q, pred, jacobians=jac, passes=4)
+    out, score = refine_tracks(video, q, pred, jacobians=jac, config=RefineConfig(passes=4))
     err4 = np.linalg.norm(out - truth, axis=-1)
     assert err1[:, 3:].max() > 1.0
     assert err4.max() < 0.1, err4.max(0)
@@ -160,7 +160,8 @@ def test_fallback_search_beyond_the_first_window():
     assert np.abs(out[:, 1:] - truth[:, 1:]).max() < 0.05
     assert (score[:, 1:] >= 0.9).all()  # accepted by the stricter second threshold
     # without the second search nothing is found: the prediction stays
-    out0, _ = refine_tracks(video, q, pred, jacobians=jac, fallback_search=0)
+    out0, _ = refine_tracks(video, q, pred, jacobians=jac,
+                            config=RefineConfig(fallback_search=0))
     np.testing.assert_array_equal(out0[:, 1:], pred[:, 1:].astype(np.float32))
 
 
@@ -249,17 +250,19 @@ def test_boundary_weights_keep_the_query_layer():
     pred[:, 0] = q[:, [2, 1]]
     w = _true_weights(q, shifts)
     assert w[:, 0].min() == 1.0 and w[:, 1:].mean() < 0.8  # the right columns are dropped
-    out_w, _ = refine_tracks(video, q, pred, weights=w, min_support=0.0, window_shift=0)
-    out_u, _ = refine_tracks(video, q, pred, window_shift=0)
+    centred = RefineConfig(window_shift=0)
+    out_w, _ = refine_tracks(video, q, pred, weights=w,
+                             config=RefineConfig(min_support=0.0, window_shift=0))
+    out_u, _ = refine_tracks(video, q, pred, config=centred)
     err_w = np.abs(out_w[:, 1:] - truth[:, 1:]).max()
     err_u = np.abs(out_u[:, 1:] - truth[:, 1:]).max()
     assert err_w < 0.1 < err_u, (err_w, err_u)
     # all-one weights are the unweighted match
     ones = np.ones_like(w)
-    np.testing.assert_allclose(refine_tracks(video, q, pred, weights=ones, window_shift=0)[0],
+    np.testing.assert_allclose(refine_tracks(video, q, pred, weights=ones, config=centred)[0],
                                out_u, atol=1e-4)
     # too little support (the default threshold): the model's position is kept
-    out_s, score = refine_tracks(video, q, pred, weights=w, window_shift=0)
+    out_s, score = refine_tracks(video, q, pred, weights=w, config=centred)
     np.testing.assert_array_equal(out_s[:, 1:], pred[:, 1:].astype(np.float32))
     assert np.isnan(score[:, 1:]).all()
 
@@ -276,7 +279,8 @@ def test_off_centre_windows_find_the_point_next_to_a_boundary():
     pred[:, 0] = q[:, [2, 1]]
     out, score = refine_tracks(video, q, pred)
     err = np.linalg.norm(out[:, 1:] - truth[:, 1:], axis=-1)
-    err0 = np.linalg.norm(refine_tracks(video, q, pred, window_shift=0)[0][:, 1:]
+    centred = RefineConfig(window_shift=0)
+    err0 = np.linalg.norm(refine_tracks(video, q, pred, config=centred)[0][:, 1:]
                           - truth[:, 1:], axis=-1)
     assert err.mean() < 0.15 and err.mean() < 0.5 * err0.mean(), (err.mean(), err0.mean())
     assert err.max() < 0.5 < err0.max(), (err.max(), err0.max())
@@ -287,14 +291,13 @@ def test_off_centre_windows_find_the_point_next_to_a_boundary():
     assert c_out.shape == (1, 4, 2) and np.isfinite(c_out).all()
     with pytest.raises(ValueError, match="window_shift"):
         refine_tracks(video, q, pred, weights=np.ones((8, 4, 25)))
-    with pytest.raises(ValueError, match="window_shift"):
-        refine_tracks(video, q, pred, window_shift=-1)
 
 
 def test_window_consensus_fits_a_similarity():
     # matched window centres of a turned and scaled layer, one window on another layer and
     # one not matched: the fit recovers the point, leaves the outlier out and counts the rest
-    from omnifast.refine import _window_consensus, patch_offsets
+    from omnifast.refine import patch_offsets
+    from omnifast.refine.consensus import window_consensus
 
     sh = (patch_offsets(1) * 2.0).numpy()
     ang, scale, c = 0.3, 1.2, np.array([40.0, 30.0])
@@ -304,19 +307,19 @@ def test_window_consensus_fits_a_similarity():
     pos[0, 2, 0] += np.array([4.0, -3.0], np.float32)  # another layer
     good = np.ones((1, 9, 1), bool)
     good[0, 7, 0] = False
-    fitted, count, lin = _window_consensus(pos, good, sh)
+    fitted, count, lin = window_consensus(pos, good, sh)
     np.testing.assert_allclose(fitted[0, 0], c, atol=1e-3)
     np.testing.assert_allclose(lin[0, 0], mat, atol=1e-3)
     assert count[0, 0] == 7
 
 
 def test_fill_nearest():
-    from omnifast.refine import _fill_nearest
+    from omnifast.refine.consensus import fill_nearest
 
     x = np.arange(2 * 5 * 4, dtype=np.float32).reshape(2, 5, 2, 2)
     valid = np.array([[False, False, False, True, False],
                       [False, False, False, False, False]])
-    out = _fill_nearest(x, valid, np.array([0, 2]))
+    out = fill_nearest(x, valid, np.array([0, 2]))
     eye = np.eye(2, dtype=np.float32)
     # query 0: its own frame (0) the identity, frame 1 nearer to 0 than 3, frames 2-4 from 3
     for t, want in enumerate([eye, eye, x[0, 3], x[0, 3], x[0, 3]]):
@@ -364,7 +367,8 @@ def test_flow_candidates_do_not_override_a_better_model_match():
     truth = _truth(q, SHIFTS)
     fwd, bwd = _translation_flows(SHIFTS)
     fwd[1] += np.array([6.0, 0.0], np.float32)
-    out, _ = refine_tracks(video, q, truth + 0.4, flows=(fwd, bwd), fallback_search=0)
+    out, _ = refine_tracks(video, q, truth + 0.4, flows=(fwd, bwd),
+                           config=RefineConfig(fallback_search=0))
     assert np.abs(out - truth).max() < 0.05
 
 
@@ -388,7 +392,7 @@ def test_input_validation_and_empty():
     video = _video([_shift(0, 0), _shift(1, 0)])
     q = _queries(3)
     pred = _truth(q, [(0, 0), (1, 0)])
-    with pytest.raises(ValueError, match="query_points"):
+    with pytest.raises(ValueError, match="query points must have shape"):
         refine_tracks(video, q[:, :2], pred)
     with pytest.raises(ValueError, match="tracks"):
         refine_tracks(video, q, pred[:, :1])
@@ -396,14 +400,12 @@ def test_input_validation_and_empty():
         refine_tracks(video, q, pred, np.zeros((3, 5), bool))
     with pytest.raises(ValueError, match="jacobians"):
         refine_tracks(video, q, pred, jacobians=np.zeros((3, 2, 2)))
-    with pytest.raises(ValueError, match="query times"):
+    with pytest.raises(ValueError, match="outside the video"):
         refine_tracks(video, np.array([[5, 10, 10]]), pred[:1])
+    with pytest.raises(ValueError, match="whole frame"):
+        refine_tracks(video, np.array([[0.5, 10, 10]]), pred[:1])
     with pytest.raises(ValueError, match="video"):
         refine_tracks(video[0, 0], q, pred)
-    with pytest.raises(ValueError, match="search"):
-        refine_tracks(video, q, pred, search=0)
-    with pytest.raises(ValueError, match="warp"):
-        refine_tracks(video, q, pred, warp="affine")
     with pytest.raises(ValueError, match="finite"):
         refine_tracks(video, q, pred, jacobians=np.full((3, 2, 2, 2), np.nan))
     with pytest.raises(ValueError, match="weights must be"):
@@ -417,10 +419,8 @@ def test_input_validation_and_empty():
                                              np.full((1, H, W, 2), np.nan)))
     with pytest.raises(ValueError, match="pair"):
         refine_tracks(video, q, pred, flows=np.zeros((1, H, W, 2)))
-    with pytest.raises(ValueError, match="passes"):
-        refine_tracks(video, q, pred, passes=0)
-    with pytest.raises(ValueError, match="warp_min_windows"):
-        refine_tracks(video, q, pred, warp_min_windows=10)
+    with pytest.raises(TypeError, match="RefineConfig"):
+        refine_tracks(video, q, pred, config={"radius": 2})
     out, score = refine_tracks(video, np.zeros((0, 3)), np.zeros((0, 2, 2)))
     assert out.shape == (0, 2, 2) and score.shape == (0, 2)
 
@@ -502,22 +502,146 @@ def test_track_refined_checks_the_video(tracker):
         tracker.track_refined(q, video[:, :20])
 
 
-def test_track_refined_passes_the_clip_flows(tracker, monkeypatch):
-    import omnifast.refine as refine
+def _tracker_clip(n=6):
+    video = (_video([_shift(0.3 * t, 0.1 * t) for t in range(4)]) * 255).round().astype(np.uint8)
+    q = _queries(n)
+    q[::3, 0] = 2  # some queries in a later frame: both directions
+    return video, q
 
-    seen = []
-    real = refine.refine_tracks
 
-    def spy(*args, **kw):
-        seen.append(kw.get("flows"))
-        return real(*args, **kw)
+def test_track_refined_is_the_fitted_path_with_the_clip_flows(tracker):
+    # one path: the model's tracks, its Jacobians, the clip's flows, no frame left out
+    video, q = _tracker_clip()
+    tr = tracker.track(q)[0]
+    jac = tracker.local_jacobians(q)
+    got, _ = tracker.track_refined(q, video)
+    want, _ = refine_tracks(video, q, tr, jacobians=jac, flows=frame_flows(video))
+    np.testing.assert_array_equal(got, want)
+    assert not np.array_equal(got, tr)  # something was refined: a real check
+    no_flow, _ = tracker.track_refined(q, video, flows=None)
+    np.testing.assert_array_equal(no_flow, refine_tracks(video, q, tr, jacobians=jac)[0])
 
-    monkeypatch.setattr(refine, "refine_tracks", spy)
-    q = _queries(5)
-    video = _video([_shift(0.3 * t, 0) for t in range(4)])
-    tracker.track_refined(q, video)
-    tracker.track_refined(q, video, flows=None)
-    want = refine.frame_flows(video)
-    assert len(seen) == 2 and seen[1] is None
-    for got, exp in zip(seen[0], want):
-        np.testing.assert_array_equal(got, exp)
+
+def test_track_refined_options_and_config_agree(tracker):
+    # the keyword options of today and a RefineConfig with the same values give the same
+    # tracks, so do explicit flows and the ones computed from the clip
+    video, q = _tracker_clip()
+    plain = tracker.track_refined(q, video)[0]
+    np.testing.assert_array_equal(
+        tracker.track_refined(q, video, flows=frame_flows(video))[0], plain)
+    np.testing.assert_array_equal(tracker.track_refined(q, video, config=RefineConfig())[0],
+                                  plain)
+    two = tracker.track_refined(q, video, passes=2, radius=3)[0]
+    np.testing.assert_array_equal(
+        tracker.track_refined(q, video, config=RefineConfig(passes=2, radius=3))[0], two)
+    assert not np.array_equal(two, plain)
+    np.testing.assert_array_equal(
+        tracker.track_refined(q, video, config=RefineConfig(flow_candidates=False))[0],
+        tracker.track_refined(q, video, flows=None)[0])
+    bw = tracker.track_refined(q, video, boundary_weights=True, min_support=0.0)[0]
+    np.testing.assert_array_equal(
+        tracker.track_refined(q, video, config=RefineConfig(
+            boundary_weights=True, window_shift=0, min_support=0.0))[0], bw)
+    with pytest.raises(ValueError, match="window_shift"):
+        tracker.track_refined(q, video, boundary_weights=True, window_shift=2)
+    with pytest.raises(ValueError, match="flow_candidates"):
+        tracker.track_refined(q, video, flows=frame_flows(video), flow_candidates=False)
+
+
+def test_eval_refines_as_track_refined(tracker, monkeypatch):
+    # `omnifast eval` scores the tracks of Tracker.track_refined (it takes the same path)
+    import omnifast.api
+    from omnifast.eval.run import METHOD_REFINED, EvalClip, evaluate_clip
+
+    monkeypatch.setattr(omnifast.api, "fit", lambda video, **kw: tracker)
+    video, q = _tracker_clip(8)
+    tr, occ = tracker.track(q)
+    clip = EvalClip("random-model", video, q, tr, occ)
+    _, preds = evaluate_clip(clip, baselines=(), progress=False, quiet=True)
+    want, want_occ = tracker.track_refined(q, video)
+    np.testing.assert_array_equal(preds[METHOD_REFINED][0], want)
+    np.testing.assert_array_equal(preds[METHOD_REFINED][1], want_occ)
+
+
+# ------------------------------------------------------------------------- the configuration
+
+#: the settings of the refinement as they were before RefineConfig (keyword defaults and
+#: module constants): the defaults must not drift
+TUNED = dict(radius=2, search=3, min_score=0.8, iterations=4, robust=True, robust_floor=0.02,
+             subpixel_max_shift=1.0, subpixel_max_score_drop=0.02, warp="similarity",
+             fallback_search=6, fallback_min_score=0.9, window_shift=2, window_min_score=0.97,
+             consensus_inlier_px=1.5, consensus_rounds=5, passes=4, warp_min_windows=4,
+             temporal_median=3, spike_px=1.0, boundary_weights=False, min_support=0.8,
+             flow_candidates=True, chunk_size=2048)
+
+
+def test_config_defaults_are_the_tuned_values():
+    import dataclasses
+
+    import omnifast
+
+    assert {f.name for f in dataclasses.fields(RefineConfig)} == set(TUNED)
+    assert RefineConfig() == RefineConfig(**TUNED)
+    assert omnifast.RefineConfig is RefineConfig
+    # the default config and the explicit tuned values refine alike (several chunks too)
+    video = _video([_shift(*s) for s in SHIFTS])
+    q = _queries(12)
+    pred = _truth(q, SHIFTS) + np.array([1.1, -0.8])
+    a = refine_tracks(video, q, pred)
+    b = refine_tracks(video, q, pred, config=RefineConfig(**{**TUNED, "chunk_size": 20}))
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    assert not np.array_equal(a[0], pred.astype(np.float32))
+
+
+@pytest.mark.parametrize(("kw", "match"), [
+    ({"radius": -1}, "radius"),
+    ({"radius": 2.5}, "radius must be an integer"),
+    ({"search": 0}, "search"),
+    ({"iterations": -1}, "iterations"),
+    ({"robust": 1}, "robust must be True or False"),
+    ({"robust_floor": 0.0}, "robust_floor"),
+    ({"subpixel_max_shift": -0.1}, "subpixel_max_shift"),
+    ({"subpixel_max_score_drop": -0.1}, "subpixel_max_score_drop"),
+    ({"min_score": 1.5}, "min_score"),
+    ({"min_score": float("nan")}, "min_score must be a finite number"),
+    ({"warp": "affine"}, "warp"),
+    ({"fallback_search": -1}, "fallback_search"),
+    ({"fallback_min_score": -2.0}, "fallback_min_score"),
+    ({"window_shift": -1}, "window_shift"),
+    ({"window_min_score": 1.01}, "window_min_score"),
+    ({"consensus_inlier_px": 0.0}, "consensus_inlier_px"),
+    ({"consensus_rounds": 0}, "consensus_rounds"),
+    ({"passes": 0}, "passes"),
+    ({"warp_min_windows": 1}, "warp_min_windows"),
+    ({"warp_min_windows": 10}, "warp_min_windows"),
+    ({"temporal_median": 2}, "temporal_median"),
+    ({"temporal_median": 0}, "temporal_median"),
+    ({"spike_px": -1.0}, "spike_px"),
+    ({"min_support": 1.2}, "min_support"),
+    ({"chunk_size": 0}, "chunk_size"),
+    ({"flow_candidates": None}, "flow_candidates"),
+    ({"boundary_weights": True}, "window_shift=0"),  # weights need the centred window only
+    ({"boundary_weights": True, "window_shift": 3}, "window_shift=0"),
+])
+def test_config_rejects_invalid_settings(kw, match):
+    with pytest.raises(ValueError, match=match):
+        RefineConfig(**kw)
+
+
+def test_config_is_frozen_and_replace_validates():
+    import dataclasses
+
+    c = RefineConfig(window_shift=0, boundary_weights=True)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        c.passes = 2
+    assert dataclasses.replace(c, passes=2).passes == 2
+    with pytest.raises(ValueError, match="window_shift"):
+        dataclasses.replace(c, window_shift=2)
+    with pytest.raises(TypeError):
+        RefineConfig(no_such_setting=1)
+    # a weights array needs a config without off-centre windows
+    video = _video([_shift(0, 0), _shift(1, 0)])
+    q = _queries(3)
+    with pytest.raises(ValueError, match="window_shift"):
+        refine_tracks(video, q, _truth(q, [(0, 0), (1, 0)]), weights=np.ones((3, 2, 25)))

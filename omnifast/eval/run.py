@@ -391,8 +391,9 @@ def evaluate_clip(clip: EvalClip, *, preset: str = "cpu", iters: int | None = No
     """Score omnifast and the baselines on one clip.
 
     With ``refine`` (and a tracker that has ``local_jacobians``, as fitted trackers do) the
-    fitted tracks are also refined against the video (:func:`omnifast.refine.refine_tracks`)
-    and scored as a second method, ``omnifast_refined``.
+    fitted tracks are also refined against the video as ``Tracker.track_refined`` refines
+    them (:func:`omnifast.refine.refine_fitted_tracks`, default settings) and scored as a
+    second method, ``omnifast_refined``.
 
     Returns:
         (per-method results {method: metrics + timings}, predictions {method: (tracks, occ)})
@@ -426,14 +427,11 @@ def evaluate_clip(clip: EvalClip, *, preset: str = "cpu", iters: int | None = No
                    steps=info.get("steps"), optimise_seconds=info.get("fit_seconds"))
         results[METHOD_OMNIFAST], preds[METHOD_OMNIFAST] = res, (tr, occ)
         if refine and hasattr(tracker, "local_jacobians"):
-            from omnifast.refine import frame_flows, refine_tracks  # noqa: PLC0415
+            from omnifast.refine import refine_fitted_tracks  # noqa: PLC0415
 
             t2 = time.perf_counter()
-            jac = tracker.local_jacobians(clip.query_points)
-            # every frame is refined, also those the model calls occluded (as
-            # Tracker.track_refined); the occlusion flags stay the model's
-            rtr, _ = refine_tracks(clip.video, clip.query_points, tr, None, jac,
-                                   flows=frame_flows(clip.video))
+            # the path of Tracker.track_refined, from the tracks just scored
+            rtr = refine_fitted_tracks(tracker, clip.video, clip.query_points, tr)
             rtr = np.asarray(rtr, np.float64)
             refine_s = time.perf_counter() - t2
             rres = score_tracks(clip, rtr, occ)
