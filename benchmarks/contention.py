@@ -22,6 +22,10 @@ environment. Run it under the exclusive lock, on an otherwise idle machine:
     flock -x /tmp/omnifast-cpu.lock .venv/bin/python benchmarks/contention.py
 
 It prints a markdown table (median step time of each run, and the ratio of busy to alone).
+
+``--compare-builds A.so B.so`` compares two builds of ``omnifast._C`` instead (``after``, all
+CPUs, alone and busy): each is copied in turn over the installed extension, alternating, and
+the installed one is put back at the end.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -148,5 +153,50 @@ def main() -> None:
                   f"{a * 1e3:.0f} ms | {b * 1e3:.0f} ms | {b / a:.2f}x | {b / base:.2f}x |")
 
 
+def compare_builds(builds: list[str], steps: int, warmup: int, repeats: int) -> None:
+    """One table: each build of omnifast._C alone and beside a busy process, alternating."""
+    import importlib.util
+
+    # found, not imported: this process must not map a file that is replaced under it
+    installed = Path(importlib.util.find_spec("omnifast._C").origin)
+    keep = installed.with_suffix(".so.keep")
+    shutil.copy2(installed, keep)
+
+    def install(build) -> None:  # a new file renamed over the old (processes keep theirs)
+        tmp = installed.with_suffix(".so.tmp")
+        shutil.copy2(build, tmp)
+        os.replace(tmp, installed)
+
+    rows = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="omnifast-contention-") as tmp:
+            cache = Path(tmp)
+            prepare(cache)
+            for rep in range(repeats):
+                for build in builds:
+                    install(build)
+                    alone = measure("after", None, False, cache, steps, warmup)
+                    busy = measure("after", None, True, cache, steps, warmup)
+                    rows.append((Path(build).name, rep + 1, alone["median_s"], busy["median_s"]))
+                    print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    finally:
+        install(keep)
+        keep.unlink()
+    print("| build | run | step alone | step beside a busy process | busy / alone |")
+    print("|---|---|---|---|---|")
+    for name, rep, a, b in rows:
+        print(f"| {name} | {rep} | {a * 1e3:.1f} ms | {b * 1e3:.1f} ms | {b / a:.2f}x |")
+
+
 if __name__ == "__main__":
-    main()
+    if "--compare-builds" in sys.argv:
+        i = sys.argv.index("--compare-builds")
+        builds, rest = sys.argv[i + 1:i + 3], sys.argv[1:i]
+        opts = argparse.ArgumentParser()
+        opts.add_argument("--steps", type=int, default=30)
+        opts.add_argument("--warmup", type=int, default=5)
+        opts.add_argument("--repeats", type=int, default=2)
+        a = opts.parse_args(rest)
+        compare_builds(builds, a.steps, a.warmup, a.repeats)
+    else:
+        main()

@@ -69,7 +69,7 @@ def bilinear(img, x, y, *, border: Border, dtype=None):
 
     numpy images: computed in ``dtype`` (default: float64 if the image or the positions are
     float64, else float32); positions keep their own precision for the floor and fraction.
-    When everything is float32 and ``x`` is 2-D, ``cv2.remap`` does the work (about 25x faster
+    When everything is float32 and ``x`` is 2-D, ``cv2.remap`` does the work (faster
     than the numpy gathers, thread-parallel with the GIL released; it agrees with them to
     float32 rounding for 1, 3 and 4 channels, and other channel counts are sampled one at a
     time because its 2-channel path quantises positions to 1/32 px).

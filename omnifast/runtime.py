@@ -212,9 +212,11 @@ def cpu_settings(threads: int | None = None) -> Iterator[int]:
     finally:
         import torch  # noqa: PLC0415
 
+        # flush-to-zero first, on all n threads: the pool keeps the threads beyond ``before``
+        # (idle, with their own MXCSR) for the next time the count grows
+        set_flush_to_zero(ftz_before)
         if torch.get_num_threads() != before:
             torch.set_num_threads(before)
-        set_flush_to_zero(ftz_before)
         cv2 = _cv2()
         if cv2 is not None and cv2_before is not None:
             cv2.setNumThreads(cv2_before)

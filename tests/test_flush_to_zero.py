@@ -109,3 +109,18 @@ def test_cpu_settings_flush_and_restore():
     with runtime.cpu_settings(1) as threads:
         assert threads == 1 and runtime.flush_to_zero_enabled()
     assert not runtime.flush_to_zero_enabled()
+
+
+@needs_ext
+def test_cpu_settings_with_more_threads_than_the_caller_restores_every_thread():
+    """A fit on more threads than its caller uses must not leave the extra pool threads
+    flushing: they come back when the caller's thread count grows."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with runtime.cpu_settings(2):
+            assert all(_threads_state())
+        torch.set_num_threads(2)
+        assert not any(_threads_state())
+    finally:
+        torch.set_num_threads(before)

@@ -46,7 +46,7 @@ register("coupling_stack", "torch")(coupling_stack_ref)
 register("affine", "torch")(affine_ref)
 
 #: points per tile of the CPU kernels; per-thread working set ~ (3 H + P) * tile * 4 bytes
-#: (512 measured fastest at the omnimotion widths, see benchmarks/RESULTS.md).
+#: (512 measured fastest at the omnimotion widths: docs/studies.md).
 CPU_TILE = 512
 
 #: How many hidden activations of every layer the CPU forward keeps for the backward, per matmul
