@@ -130,3 +130,47 @@ def test_read_masked_clip(tmp_path):
         read_masked_clip(tmp_path, "square")
     with pytest.raises(FileNotFoundError):
         read_masked_clip(tmp_path, "missing")
+
+
+def _write_davis(root, name, video, masks):
+    frames = root / "JPEGImages" / "480p" / name
+    anns = root / "Annotations" / "480p" / name
+    frames.mkdir(parents=True)
+    anns.mkdir(parents=True)
+    for t in range(len(video)):
+        cv2.imwrite(str(frames / f"{t:05d}.png"), cv2.cvtColor(video[t], cv2.COLOR_RGB2BGR))
+        cv2.imwrite(str(anns / f"{t:05d}.png"), masks[t].astype(np.uint8) * 255)
+
+
+def test_eval_masks_suite_scores_every_method(tmp_path, capsys, monkeypatch):
+    """`omnifast eval --suite masks`: a (tiny) fit, its refined tracks and chained flow, each
+    scored by the mask check on the grid queries of the first and middle frame."""
+    import json
+
+    from conftest import TINY
+
+    import omnifast.api
+    from omnifast.cli import main
+    from omnifast.eval.masks import mask_sequences
+
+    video, masks = square_clip()
+    _write_davis(tmp_path / "davis", "square", video, masks)
+    (tmp_path / "davis" / "JPEGImages" / "480p" / "no-masks").mkdir()
+    assert mask_sequences(tmp_path / "davis") == ["square"]
+    real_fit = omnifast.api.fit
+    monkeypatch.setattr(omnifast.api, "fit",
+                        lambda video, **kw: real_fit(video, **{**kw, "preset": TINY}))
+    code = main(["eval", "--suite", "masks", "--data", str(tmp_path / "davis"), "--iters", "2",
+                 "--spacing", "4", "--out", str(tmp_path / "out"), "--no-progress"])
+    out = capsys.readouterr().out
+    assert code == 0
+    res = json.loads((tmp_path / "out" / "mask_results.json").read_text())["clips"]["square"]
+    assert set(res) == {"omnifast", "omnifast_refined", "chained_flow", "direct_flow"}
+    # spacing 4 on 20x30: rows 2, 6, ..., 18 and columns 2, 6, ..., 26 on frames 0 and 2; the
+    # square covers rows 7-12, so row 10: columns 4-9 in frame 0 (column 6) and 10-15 in frame
+    # 2 (columns 10 and 14)
+    for method, r in res.items():
+        assert r["fg_queries"] == 3 and r["bg_queries"] == 2 * 35 - 3, method
+        assert 0 <= r["bg_kept"] <= 1 and r["photometric_error"] >= 0, method
+    assert "| square | chained_flow |" in out and "| **mean** | omnifast |" in out
+    assert main(["eval", "--suite", "masks", "--out", str(tmp_path / "o2")]) == 2

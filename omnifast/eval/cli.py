@@ -16,17 +16,20 @@ import argparse
 import sys
 from pathlib import Path
 
-SUITES = ("synthetic", "davis", "kinetics", "kubric")
+SUITES = ("synthetic", "davis", "kinetics", "kubric", "masks")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--suite", choices=SUITES, default="synthetic",
                    help="benchmark: the generated synthetic clips (default), a TAP-Vid "
-                        "DAVIS/Kinetics pickle or a Kubric-style folder (--data)")
+                        "DAVIS/Kinetics pickle or a Kubric-style folder (--data), or masks: "
+                        "the mask check on DAVIS-style sequences with object masks (--data "
+                        "root with JPEGImages/480p and Annotations/480p)")
     p.add_argument("--data", type=Path, default=None,
                    help="benchmark file or folder for the davis/kinetics/kubric suites")
-    p.add_argument("--clips", default="easy,medium,hard",
-                   help="synthetic difficulties, comma-separated (default: easy,medium,hard)")
+    p.add_argument("--clips", default=None,
+                   help="synthetic difficulties (default: easy,medium,hard) or, for the masks "
+                        "suite, sequence names (default: all), comma-separated")
     p.add_argument("--max-clips", type=int, default=None,
                    help="evaluate at most this many clips of a real benchmark")
     p.add_argument("--query-mode", choices=("first", "strided"), default="first")
@@ -35,7 +38,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--height", type=int, default=96, help="synthetic frame height")
     p.add_argument("--width", type=int, default=128, help="synthetic frame width")
     p.add_argument("--resize", type=int, default=None,
-                   help="resize real benchmark frames to N x N (the benchmark uses 256)")
+                   help="resize real benchmark frames to N x N (the benchmark uses 256); masks "
+                        "suite: shrink so that the longer side is at most N")
+    p.add_argument("--max-frames", type=int, default=None, dest="max_frames",
+                   help="masks suite: use the first N frames of each sequence")
+    p.add_argument("--spacing", type=int, default=8,
+                   help="masks suite: grid spacing of the queries on the first and middle "
+                        "frame, in pixels")
     p.add_argument("--preset", default="cpu", help="omnifast preset (default: cpu)")
     p.add_argument("--iters", type=int, default=None,
                    help="optimisation steps per clip (default: the preset's)")
@@ -62,7 +71,7 @@ def _clips_from_args(args):
     from omnifast.eval.run import EvalClip, synthetic_clips  # noqa: PLC0415
 
     if args.suite == "synthetic":
-        names = [c.strip() for c in args.clips.split(",") if c.strip()]
+        names = [c.strip() for c in (args.clips or "easy,medium,hard").split(",") if c.strip()]
         return synthetic_clips(names, seed=args.seed, num_frames=args.frames,
                                height=args.height, width=args.width,
                                query_mode=args.query_mode, stride=args.stride)
@@ -85,10 +94,39 @@ def _clips_from_args(args):
     return out
 
 
+def _run_masks(args: argparse.Namespace) -> int:
+    from omnifast.eval.masks import mask_sequences, read_masked_clip, run_mask_eval  # noqa: PLC0415
+
+    if args.data is None:
+        print("omnifast eval: --suite masks needs --data (a DAVIS-style root)", file=sys.stderr)
+        return 2
+    try:
+        names = ([c.strip() for c in args.clips.split(",") if c.strip()] if args.clips
+                 else mask_sequences(args.data))[:args.max_clips]
+        clips = [read_masked_clip(args.data, n, max_side=args.resize,
+                                  max_frames=args.max_frames) for n in names]
+    except (ValueError, OSError) as e:
+        print(f"omnifast eval: {e}", file=sys.stderr)
+        return 2
+    if not clips:
+        print("omnifast eval: no clips to evaluate", file=sys.stderr)
+        return 2
+    baselines = [b.strip() for b in args.baselines.split(",") if b.strip()]
+    res = run_mask_eval(clips, args.out, spacing=args.spacing, preset=args.preset,
+                        iters=args.iters, seed=args.seed, baselines=baselines,
+                        device=args.device, progress=not args.no_progress,
+                        refine=not args.no_refine)
+    print(res["table"])
+    print(f"wrote {args.out / 'mask_results.json'} and mask_results.md")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the evaluation described by parsed arguments; returns the exit code."""
     from omnifast.eval.run import run_eval  # noqa: PLC0415
 
+    if args.suite == "masks":
+        return _run_masks(args)
     try:
         clips = _clips_from_args(args)
     except (ValueError, OSError) as e:

@@ -187,3 +187,73 @@ def mask_check(video: np.ndarray, masks: np.ndarray, query_points: np.ndarray,
         out[f"{name}_queries"] = int(pick.sum())
     out["photometric_error"] = _ratio(colour[visible].sum(), visible.sum())
     return out
+
+
+def mask_sequences(root: str | os.PathLike, resolution: str = "480p") -> list[str]:
+    """The sequence names under ``root/JPEGImages/<resolution>`` that have annotations."""
+    root = Path(root)
+    frames = root / "JPEGImages" / resolution
+    if not frames.is_dir():
+        raise FileNotFoundError(f"no such folder: {frames} (expected a DAVIS-style root)")
+    return sorted(p.name for p in frames.iterdir()
+                  if p.is_dir() and (root / "Annotations" / resolution / p.name).is_dir())
+
+
+def format_mask_table(per_clip: dict[str, dict[str, dict]]) -> str:
+    """A Markdown table: one row per clip and method, then the mean over clips per method."""
+    cols = ("fg_kept", "bg_kept", "fg_occluded_in_view", "bg_occluded_in_view",
+            "photometric_error", "fit_seconds")
+    lines = ["| clip | method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 2) + "|"]
+    means: dict[str, list[dict]] = {}
+    for clip, methods in per_clip.items():
+        for method, res in methods.items():
+            means.setdefault(method, []).append(res)
+            lines.append(f"| {clip} | {method} | "
+                         + " | ".join(f"{res.get(c, float('nan')):.3f}" for c in cols) + " |")
+    for method, rows in means.items():
+        avg = {c: float(np.nanmean([r.get(c, np.nan) for r in rows])) for c in cols}
+        lines.append(f"| **mean** | {method} | "
+                     + " | ".join(f"{avg[c]:.3f}" for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def run_mask_eval(clips, out_dir: str | os.PathLike, *, spacing: int = 8,
+                  preset: str = "cpu", iters: int | None = None, seed: int = 0,
+                  baselines=("chained_flow",), device: str | None = None,
+                  progress: bool = True, quiet: bool = False, refine: bool = True) -> dict:
+    """Fit omnifast on each :class:`MaskedClip`, track a grid of queries on its first and
+    middle frames (:func:`mask_grid_queries`), refine them, run the flow baselines on the same
+    queries, and score every method with :func:`mask_check`.
+
+    Writes ``out_dir/mask_results.json`` and ``out_dir/mask_results.md``.
+
+    Returns:
+        ``{"clips": {clip: {method: metrics + fit_seconds}}, "table": markdown}``
+    """
+    import json  # noqa: PLC0415
+
+    from omnifast.eval.run import EvalClip, evaluate_clip  # noqa: PLC0415
+    from omnifast.files import atomic_write  # noqa: PLC0415
+
+    out = Path(out_dir)
+    per_clip: dict[str, dict[str, dict]] = {}
+    for masked in clips:
+        queries, _ = mask_grid_queries(masked.masks, spacing=spacing)
+        clip = EvalClip(masked.name, masked.video, queries, None, None, "grid",
+                        {"suite": "masks"}, masked)
+
+        def score(c, tracks, occluded):
+            return mask_check(c.video, c.source.masks, c.query_points, tracks, occluded)
+
+        results, _ = evaluate_clip(clip, preset=preset, iters=iters, seed=seed,
+                                   out_dir=out / masked.name, baselines=baselines,
+                                   device=device, progress=progress, quiet=quiet,
+                                   refine=refine, score=score)
+        per_clip[masked.name] = results
+    table = format_mask_table(per_clip)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_write(out / "mask_results.json") as tmp:
+        tmp.write_text(json.dumps({"clips": per_clip}, indent=1, default=float))
+    with atomic_write(out / "mask_results.md") as tmp:
+        tmp.write_text(table + "\n")
+    return {"clips": per_clip, "table": table}

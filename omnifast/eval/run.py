@@ -8,7 +8,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -386,9 +386,12 @@ def evaluate_clip(clip: EvalClip, *, preset: str = "cpu", iters: int | None = No
                   load: Path | None = None, baselines: Sequence[str] = tuple(BASELINES),
                   skip_omnifast: bool = False, device: str | None = None,
                   progress: bool = True, quiet: bool = False, exact_motion: bool = False,
-                  refine: bool = True
+                  refine: bool = True, score: Callable | None = None
                   ) -> tuple[dict, dict[str, tuple[np.ndarray, np.ndarray]]]:
     """Score omnifast and the baselines on one clip.
+
+    ``score(clip, tracks, occluded) -> dict`` scores each method's predictions (default
+    :func:`score_tracks`, against the clip's ground truth).
 
     With ``refine`` (and a tracker that has ``local_jacobians``, as fitted trackers do) the
     fitted tracks are also refined against the video as ``Tracker.track_refined`` refines
@@ -398,6 +401,7 @@ def evaluate_clip(clip: EvalClip, *, preset: str = "cpu", iters: int | None = No
     Returns:
         (per-method results {method: metrics + timings}, predictions {method: (tracks, occ)})
     """
+    score = score_tracks if score is None else score
     results, preds = {}, {}
     if not skip_omnifast:
         t0 = time.perf_counter()
@@ -421,7 +425,7 @@ def evaluate_clip(clip: EvalClip, *, preset: str = "cpu", iters: int | None = No
         tr, occ = tracker.track(clip.query_points)
         track_s = time.perf_counter() - t1
         tr, occ = np.asarray(tr, np.float64), np.asarray(occ, bool)
-        res = score_tracks(clip, tr, occ)
+        res = score(clip, tr, occ)
         info = tracker.info
         res.update(fit_seconds=fit_s, track_seconds=track_s,
                    steps=info.get("steps"), optimise_seconds=info.get("fit_seconds"))
@@ -434,7 +438,7 @@ def evaluate_clip(clip: EvalClip, *, preset: str = "cpu", iters: int | None = No
             rtr = refine_fitted_tracks(tracker, clip.video, clip.query_points, tr)
             rtr = np.asarray(rtr, np.float64)
             refine_s = time.perf_counter() - t2
-            rres = score_tracks(clip, rtr, occ)
+            rres = score(clip, rtr, occ)
             rres.update(fit_seconds=fit_s, track_seconds=track_s + refine_s,
                         steps=info.get("steps"), optimise_seconds=info.get("fit_seconds"))
             results[METHOD_REFINED], preds[METHOD_REFINED] = rres, (rtr, occ)
@@ -444,7 +448,7 @@ def evaluate_clip(clip: EvalClip, *, preset: str = "cpu", iters: int | None = No
         t0 = time.perf_counter()
         tr, occ = BASELINES[name](clip.video, clip.query_points)
         dt = time.perf_counter() - t0
-        res = score_tracks(clip, tr, occ)
+        res = score(clip, tr, occ)
         res.update(fit_seconds=0.0, track_seconds=dt)
         results[name], preds[name] = res, (tr, occ)
     return results, preds
