@@ -216,10 +216,9 @@ def test_resume_with_foreign_checkpoint(fitted, capsys, tmp_path):
     assert_one_line_error(code, err, "not a readable checkpoint")
 
 
-def test_killed_fit_resumes(tmp_path, capsys):
-    """kill -9 a running `omnifast fit`, then `--resume` finishes it from the checkpoint."""
-    clip = write_frames(tmp_path / "clip", make_clip())
-    out = tmp_path / "out"
+def _fit_with_a_checkpoint(clip, out) -> subprocess.Popen:
+    """A 400-step `omnifast fit` of clip into out, running, once it has written a checkpoint
+    (killed if it has not within 2 minutes)."""
     args = ["fit", str(clip), "--out", str(out), "--iters", "400", "--checkpoint-every", "2",
             "--quiet", "--points", "10"]
     env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
@@ -227,14 +226,26 @@ def test_killed_fit_resumes(tmp_path, capsys):
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     ckpt = out / "checkpoint.pt"
     deadline = time.time() + 120
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    if not ckpt.exists():
+        proc.kill()
+        proc.wait()
+        pytest.fail("no checkpoint: " + proc.stderr.read().decode())
+    return proc
+
+
+def test_killed_fit_resumes(tmp_path, capsys):
+    """kill -9 a running `omnifast fit`, then `--resume` finishes it from the checkpoint."""
+    clip = write_frames(tmp_path / "clip", make_clip())
+    out = tmp_path / "out"
+    proc = _fit_with_a_checkpoint(clip, out)
     try:
-        while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
-            time.sleep(0.2)
-        assert ckpt.exists(), proc.stderr.read().decode() if proc.poll() is not None else ""
         time.sleep(0.5)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+    ckpt = out / "checkpoint.pt"
     step = torch.load(ckpt, weights_only=False)["step"]
     assert 2 <= step < 400
     assert not (out / "tracker.pt").exists()
@@ -341,16 +352,9 @@ def test_sigterm_stops_a_fit_like_ctrl_c(tmp_path):
     interrupted status, as Ctrl-C does."""
     clip = write_frames(tmp_path / "clip", make_clip())
     out = tmp_path / "out"
-    args = ["fit", str(clip), "--out", str(out), "--iters", "400", "--checkpoint-every", "2",
-            "--quiet", "--points", "10", "--threads", "1"]
-    proc = subprocess.Popen([sys.executable, "-m", "omnifast", *args],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = _fit_with_a_checkpoint(clip, out)
     ckpt = out / "checkpoint.pt"
-    deadline = time.time() + 120
     try:
-        while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
-            time.sleep(0.2)
-        assert ckpt.exists(), proc.stderr.read().decode() if proc.poll() is not None else ""
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=60)
     finally:

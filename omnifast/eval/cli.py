@@ -79,6 +79,13 @@ def _clips_from_args(args):
 
     if args.data is None:
         raise ValueError(f"--suite {args.suite} needs --data (the benchmark file or folder)")
+    if args.suite == "masks":
+        from omnifast.eval.masks import mask_sequences, read_masked_clip  # noqa: PLC0415
+
+        names = ([c.strip() for c in args.clips.split(",") if c.strip()] if args.clips
+                 else mask_sequences(args.data))[:args.max_clips]
+        return [read_masked_clip(args.data, n, max_side=args.resize, max_frames=args.max_frames)
+                for n in names]
     if args.suite in ("davis", "kinetics"):
         size = None if args.resize is None else (args.resize, args.resize)
         it = readers.read_tapvid_pickle(args.data, query_mode=args.query_mode,
@@ -94,39 +101,10 @@ def _clips_from_args(args):
     return out
 
 
-def _run_masks(args: argparse.Namespace) -> int:
-    from omnifast.eval.masks import mask_sequences, read_masked_clip, run_mask_eval  # noqa: PLC0415
-
-    if args.data is None:
-        print("omnifast eval: --suite masks needs --data (a DAVIS-style root)", file=sys.stderr)
-        return 2
-    try:
-        names = ([c.strip() for c in args.clips.split(",") if c.strip()] if args.clips
-                 else mask_sequences(args.data))[:args.max_clips]
-        clips = [read_masked_clip(args.data, n, max_side=args.resize,
-                                  max_frames=args.max_frames) for n in names]
-    except (ValueError, OSError) as e:
-        print(f"omnifast eval: {e}", file=sys.stderr)
-        return 2
-    if not clips:
-        print("omnifast eval: no clips to evaluate", file=sys.stderr)
-        return 2
-    baselines = [b.strip() for b in args.baselines.split(",") if b.strip()]
-    res = run_mask_eval(clips, args.out, spacing=args.spacing, preset=args.preset,
-                        iters=args.iters, seed=args.seed, baselines=baselines,
-                        device=args.device, progress=not args.no_progress,
-                        refine=not args.no_refine)
-    print(res["table"])
-    print(f"wrote {args.out / 'mask_results.json'} and mask_results.md")
-    return 0
-
-
 def run(args: argparse.Namespace) -> int:
     """Run the evaluation described by parsed arguments; returns the exit code."""
     from omnifast.eval.run import run_eval  # noqa: PLC0415
 
-    if args.suite == "masks":
-        return _run_masks(args)
     try:
         clips = _clips_from_args(args)
     except (ValueError, OSError) as e:
@@ -136,6 +114,16 @@ def run(args: argparse.Namespace) -> int:
         print("omnifast eval: no clips to evaluate", file=sys.stderr)
         return 2
     baselines = [b.strip() for b in args.baselines.split(",") if b.strip()]
+    if args.suite == "masks":
+        from omnifast.eval.masks import run_mask_eval  # noqa: PLC0415
+
+        res = run_mask_eval(clips, args.out, spacing=args.spacing, preset=args.preset,
+                            iters=args.iters, seed=args.seed, baselines=baselines,
+                            device=args.device, progress=not args.no_progress,
+                            refine=not args.no_refine)
+        print(res["table"])
+        print(f"wrote {args.out / 'mask_results.json'} and mask_results.md")
+        return 0
     try:
         res = run_eval(clips, args.out, preset=args.preset, iters=args.iters, seed=args.seed,
                        load=args.load, baselines=baselines, skip_omnifast=args.baselines_only,
