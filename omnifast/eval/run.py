@@ -533,7 +533,8 @@ def run_eval(clips: Sequence[EvalClip], out_dir: str | os.PathLike, *, preset: s
         "summary": summary,
         "target": check_target(summary),
     }
-    (out / "results.json").write_text(json.dumps(_to_jsonable(result), indent=2))
+    with atomic_write(out / "results.json") as tmp:
+        tmp.write_text(json.dumps(_to_jsonable(result), indent=2))
     if per_clip:
         bar_chart(per_clip, out / "quality_bars.png")
         threshold_curves(per_clip, out / "threshold_curves.png")
