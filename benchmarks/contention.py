@@ -119,7 +119,12 @@ def main() -> None:
     parser.add_argument("--child", default=None, choices=["before", "after"])
     parser.add_argument("--cache", default=None)
     parser.add_argument("--fit-threads", type=int, default=0, dest="fit_threads")
+    parser.add_argument("--compare-builds", nargs=2, default=None, metavar=("A.so", "B.so"),
+                        dest="compare_builds", help="compare two builds of omnifast._C instead")
     args = parser.parse_args()
+    if args.compare_builds:
+        compare_builds(args.compare_builds, args.steps, args.warmup, args.repeats)
+        return
     if args.child:
         print(json.dumps(child(args.child, Path(args.cache), args.steps, args.warmup,
                                args.fit_threads or None)))
@@ -189,14 +194,4 @@ def compare_builds(builds: list[str], steps: int, warmup: int, repeats: int) -> 
 
 
 if __name__ == "__main__":
-    if "--compare-builds" in sys.argv:
-        i = sys.argv.index("--compare-builds")
-        builds, rest = sys.argv[i + 1:i + 3], sys.argv[1:i]
-        opts = argparse.ArgumentParser()
-        opts.add_argument("--steps", type=int, default=30)
-        opts.add_argument("--warmup", type=int, default=5)
-        opts.add_argument("--repeats", type=int, default=2)
-        a = opts.parse_args(rest)
-        compare_builds(builds, a.steps, a.warmup, a.repeats)
-    else:
-        main()
+    main()
