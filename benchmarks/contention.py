@@ -15,7 +15,7 @@ Each measurement is a fresh process that builds the ``cpu`` preset's trainer for
 ``--threads 1`` (the default) also measures ``after`` with one thread (what each fit of
 ``omnifast fit-many`` runs with at its default ``--cpus-per-fit 1``).
 
-The busy process is one Python thread spinning (``while True: pass``), started before the fit
+The busy process is one Python thread spinning (until its parent exits), started before the fit
 and killed after it. ``OMP_WAIT_POLICY`` and ``OMP_NUM_THREADS`` are removed from the children's
 environment. Run it under the exclusive lock, on an otherwise idle machine:
 
@@ -41,6 +41,9 @@ import tempfile
 import time
 from pathlib import Path
 
+# A busy loop that ends when its parent does (a crashed run leaves no spinner behind).
+SPIN_UNTIL_ORPHANED = ("import os, sys\nparent = int(sys.argv[1])\n"
+                       "while os.getppid() == parent:\n    for _ in range(10**6): pass")
 CLIP = {"difficulty": "easy", "num_frames": 24, "height": 96, "width": 128, "seed": 0}
 
 
@@ -82,7 +85,8 @@ def measure(mode: str, threads: int | None, busy: bool, cache: Path, steps: int,
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
     competitor = None
     if busy:
-        competitor = subprocess.Popen([sys.executable, "-c", "while True: pass"], env=env)
+        competitor = subprocess.Popen(
+            [sys.executable, "-c", SPIN_UNTIL_ORPHANED, str(os.getpid())], env=env)
         time.sleep(0.5)
     try:
         out = subprocess.run([sys.executable, __file__, "--child", mode, "--cache", str(cache),

@@ -6,6 +6,7 @@ run) and require every run to give the same bits."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -25,6 +26,9 @@ pytestmark = pytest.mark.skipif("cpu" not in available_backends("coupling_stack"
                                 reason="the C++ extension is not built")
 
 RUNS = 12
+# A busy loop that ends when its parent does (a crashed run leaves no spinner behind).
+SPIN_UNTIL_ORPHANED = ("import os, sys\nparent = int(sys.argv[1])\n"
+                       "while os.getppid() == parent:\n    for _ in range(10**6): pass")
 COORDS = (1, 0, 2, 1, 0, 2)
 THREADS = 2
 
@@ -32,7 +36,7 @@ THREADS = 2
 @pytest.fixture(scope="module")
 def competitor():
     """A process spinning on one core for the duration of the module's tests."""
-    proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    proc = subprocess.Popen([sys.executable, "-c", SPIN_UNTIL_ORPHANED, str(os.getpid())])
     yield proc
     proc.kill()
     proc.wait()

@@ -277,7 +277,7 @@ void run_forward(const Stack<S, G>& c, const S* x, S* y, S* saved, int64_t tile)
   for_each_tile_group(ntiles, ntiles, [&](auto& claim) {
     c10::InferenceMode guard;
     Work<S, G> w(c, tile);
-    Lap lap{at::get_thread_num()};
+    Lap lap{claim.thread};
     for (TileGroup grp; claim(grp);)
       for (int64_t ti = grp.first; ti < grp.last; ++ti) {
         const int64_t i0 = ti * tile;
@@ -312,7 +312,7 @@ void run_backward(const Stack<S, G>& c, const S* dy, const S* saved, S* dx, Grad
   for_each_tile_group(ntiles, g.dfb.size(0), [&](auto& claim) {
     c10::InferenceMode guard;
     Work<S, G> w(c, tile);
-    Lap lap{at::get_thread_num()};
+    Lap lap{claim.thread};
     for (TileGroup grp; claim(grp);) {
       const int64_t slot = grp.index;
       at::Tensor dproj_w = g.dproj_w[slot], dw_in_h = g.dw_in_h[slot], dw_hid = g.dw_hid[slot];

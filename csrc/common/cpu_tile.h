@@ -12,8 +12,9 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
+#include "common/tile_pool.h"
+
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
 #include <cmath>
 #include <cstring>
@@ -106,16 +107,12 @@ inline void acc_tn(at::Tensor acc, const at::Tensor& a, const at::Tensor& b,
 
 // Work sharing over point tiles that follows the CPU time each thread actually gets, with sums
 // that do not depend on the schedule. The tiles are cut into `groups` contiguous groups; each
-// thread takes the next unclaimed group from a shared counter, so a thread that gets less than a
-// whole core (another process on it) takes fewer groups instead of holding the others up at the
-// end of the parallel region, as a static split of the tiles does. A backward accumulates each
-// group's weight gradients into that group's own slot, in tile order, and the slots are summed in
-// a fixed order afterwards: the result depends on the tile and thread counts, never on which
-// thread ran which group.
-struct TileGroup {
-  int64_t index = 0, first = 0, last = 0;  // group index and its tiles [first, last)
-};
-
+// thread takes the next unclaimed group from a shared counter (tile_pool.h), so a thread that
+// gets less than a whole core (another process on it) takes fewer groups instead of holding the
+// others up, as a static split of the tiles does. A backward accumulates each group's weight
+// gradients into that group's own slot, in tile order, and the slots are summed in a fixed order
+// afterwards: the result depends on the tile and thread counts, never on which thread ran which
+// group.
 // Groups for a backward over ntiles tiles: one per thread would leave no room to balance, many
 // cost an accumulator slot each (zeroed and summed per call); 3 per thread balance a thread that
 // gets half a core against one that gets a whole one. At least 1 (for the accumulators' shape).
@@ -125,22 +122,14 @@ inline int64_t backward_tile_groups(int64_t ntiles) {
   return std::max<int64_t>(1, std::min<int64_t>(ntiles, want));
 }
 
-// Runs body(claim) once on each of up to min(groups, threads) threads; claim(TileGroup&) fills in
-// the next unclaimed group and returns false when none is left. Per-thread scratch lives in body.
+// Runs body(claim) on the calling thread and on pool threads (at most min(groups, threads) in
+// all, threads = ATen's intra-op count); claim(TileGroup&) fills in the next unclaimed group and
+// returns false when none is left, claim.thread numbers the threads. Per-thread scratch lives in
+// body.
 template <typename Body>
 void for_each_tile_group(int64_t ntiles, int64_t groups, const Body& body) {
-  if (ntiles <= 0 || groups <= 0) return;
-  std::atomic<int64_t> next{0};
-  auto claim = [&](TileGroup& g) {
-    const int64_t i = next.fetch_add(1, std::memory_order_relaxed);
-    if (i >= groups) return false;
-    g.index = i;
-    g.first = i * ntiles / groups;
-    g.last = (i + 1) * ntiles / groups;
-    return true;
-  };
-  const int64_t workers = std::min<int64_t>(groups, std::max<int64_t>(1, at::get_num_threads()));
-  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) { body(claim); });
+  run_tile_groups(ntiles, groups, at::get_num_threads(),
+                  [&body](const TileClaim& claim) { body(claim); });
 }
 
 // Asks the kernel to back the 2 MiB-aligned interior of a large fresh buffer with transparent
