@@ -7,7 +7,8 @@ import cv2
 import numpy as np
 import pytest
 
-from omnifast.eval.masks import mask_check, mask_grid_queries, read_masked_clip
+from omnifast.eval.masks import (SHEET_COLORS, mask_check, mask_contact_sheet,
+                                  mask_grid_queries, read_masked_clip)
 
 T, H, W = 5, 20, 30
 SIZE, X0, Y0, STEP = 6, 4, 7, 3
@@ -100,6 +101,48 @@ def test_bad_shapes_are_refused():
         mask_check(video[:3], masks, QUERIES, tracks, occluded)
 
 
+def test_contact_sheet_draws_each_method_where_it_puts_the_points():
+    """Row 0: the true tracks; row 1: every point left where it started and called occluded
+    from frame 1 on. Frame 4's tile (column 4) shows the object's outline, the true tracks'
+    markers on the moved square, and the static row's markers where the points started. (The
+    clip is scaled up 4x so that the frame-number labels cover none of it.)"""
+    k = 4
+    video, masks = square_clip()
+    video, masks = (a.repeat(k, axis=1).repeat(k, axis=2) for a in (video, masks))
+    queries = QUERIES * [1, k, k]
+    tracks, occluded = true_tracks()
+    tracks = tracks * k
+    static = np.repeat(tracks[:, :1], T, axis=1)
+    hidden = np.zeros_like(occluded)
+    hidden[:, 1:] = True
+    gap, h, w = 2, H * k, W * k
+    sheet = mask_contact_sheet(video, masks, queries, {"true": (tracks, occluded),
+                                                       "static": (static, hidden)}, gap=gap)
+    assert sheet.shape == (2 * h + gap, 5 * w + 4 * gap, 3)
+
+    def tile(row, col):
+        return sheet[row * (h + gap):row * (h + gap) + h, col * (w + gap):col * (w + gap) + w]
+
+    def marked(img, x, y, color):  # any pixel of that colour within 2 px
+        near = img[y - 2:y + 3, x - 2:x + 3].reshape(-1, 3)
+        return bool((near == color).all(-1).any())
+
+    fg, bg = SHEET_COLORS["fg"], SHEET_COLORS["bg"]
+    y = 9 * k
+    x0, x4 = (int(tracks[0, t, 0]) for t in (0, 4))
+    assert tuple(tile(0, 4)[y, x4]) == fg  # a filled disc on the moved square's left column
+    assert tuple(tile(0, 4)[k, k]) == bg  # the far background point
+    assert not marked(tile(0, 4), x0, y, fg)  # nothing left behind
+    # the outline: the square's bottom edge in frame 4 is drawn white
+    assert (tile(0, 4)[(Y0 + SIZE) * k - 1, x4 + SIZE * k // 2] >= 200).all()
+    # the static row: nothing on the moved square, a cross where the point started
+    assert not marked(tile(1, 4), x4, y, fg)
+    assert marked(tile(1, 4), x0, y, fg) and tuple(tile(1, 4)[y - 1, x0 + 2]) != fg
+    assert tuple(tile(1, 0)[y, x0]) == fg  # frame 0: the query itself, a filled disc
+    with pytest.raises(ValueError):
+        mask_contact_sheet(video, masks, queries, {})
+
+
 def test_grid_queries_take_the_mask_side():
     _, masks = square_clip()
     queries, on_object = mask_grid_queries(masks, spacing=2)
@@ -173,4 +216,6 @@ def test_eval_masks_suite_scores_every_method(tmp_path, capsys, monkeypatch):
         assert r["fg_queries"] == 3 and r["bg_queries"] == 2 * 35 - 3, method
         assert 0 <= r["bg_kept"] <= 1 and r["photometric_error"] >= 0, method
     assert "| square | chained_flow |" in out and "| **mean** | omnifast |" in out
+    sheet = cv2.imread(str(tmp_path / "out" / "square" / "contact_sheet.png"))
+    assert sheet.shape == (4 * H + 3 * 2, 5 * W + 4 * 2, 3)  # 4 methods x 5 frames
     assert main(["eval", "--suite", "masks", "--out", str(tmp_path / "o2")]) == 2

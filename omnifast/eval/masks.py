@@ -189,6 +189,74 @@ def mask_check(video: np.ndarray, masks: np.ndarray, query_points: np.ndarray,
     return out
 
 
+#: marker colours of the contact sheet: queries on the object, queries on the background
+SHEET_COLORS = {"fg": (255, 140, 0), "bg": (0, 200, 255)}
+
+
+def mask_contact_sheet(video: np.ndarray, masks: np.ndarray, query_points: np.ndarray,
+                       predictions: dict[str, tuple[np.ndarray, np.ndarray]],
+                       path: str | os.PathLike | None = None, num: int = 5,
+                       gap: int = 2) -> np.ndarray:
+    """One row per method, ``num`` evenly spaced frames per row: the object's outline (white)
+    and where each method puts the first frame's queries, orange for queries on the object and
+    blue for the background (filled: visible, cross: called occluded).
+
+    Args:
+        video: RGB frames. [T, H, W, 3] uint8
+        masks: object masks. [T, H, W] bool
+        query_points: (t, y, x). [N, 3]
+        predictions: ``{method: (tracks [N, T, 2] (x, y), occluded [N, T])}``, drawn in order.
+        path: PNG to write (atomically); None to only return the picture.
+
+    Returns:
+        the sheet, ``[rows * H + (rows - 1) * gap, cols * W + (cols - 1) * gap, 3]`` uint8.
+    """
+    import cv2  # noqa: PLC0415
+
+    from omnifast import viz  # noqa: PLC0415
+
+    video = np.asarray(video)
+    masks = np.asarray(masks, dtype=bool)
+    query_points = np.asarray(query_points, dtype=np.float64)
+    if not predictions:
+        raise ValueError("predictions must name at least one method")
+    t_count, h, w = masks.shape
+    if video.shape[:3] != masks.shape:
+        raise ValueError(f"video {video.shape} and masks {masks.shape} do not match")
+    first = query_points[:, 0] == query_points[:, 0].min()
+    qy = np.clip(np.rint(query_points[first, 1]).astype(np.int64), 0, h - 1)
+    qx = np.clip(np.rint(query_points[first, 2]).astype(np.int64), 0, w - 1)
+    t0 = int(query_points[first, 0][0]) if first.any() else 0
+    side = masks[t0, qy, qx]
+    colors = np.where(side[:, None], SHEET_COLORS["fg"], SHEET_COLORS["bg"]).astype(np.uint8)
+    outlined = video.copy()
+    for t in range(t_count):
+        contours, _ = cv2.findContours(masks[t].astype(np.uint8), cv2.RETR_EXTERNAL,
+                                       cv2.CHAIN_APPROX_SIMPLE)
+        cv2.drawContours(outlined[t], contours, -1, (255, 255, 255), 1, cv2.LINE_AA)
+    idx = np.unique(np.linspace(0, t_count - 1, max(1, min(num, t_count))).round().astype(int))
+    cols = len(idx)
+    rows = []
+    for method, (tracks, occluded) in predictions.items():
+        drawn = viz.draw_tracks(outlined, np.asarray(tracks)[first],
+                                np.asarray(occluded, dtype=bool)[first], trail=0, radius=2,
+                                colors=colors)
+        row = np.full((h, cols * w + (cols - 1) * gap, 3), 255, np.uint8)
+        for c, k in enumerate(idx):
+            tile = drawn[k].copy()
+            viz.put_label(tile, f"{k}", bottom=True)
+            if c == 0:
+                viz.put_label(tile, method)
+            row[:, c * (w + gap):c * (w + gap) + w] = tile
+        rows.append(row)
+    sheet = np.full((len(rows) * h + (len(rows) - 1) * gap, rows[0].shape[1], 3), 255, np.uint8)
+    for r, row in enumerate(rows):
+        sheet[r * (h + gap):r * (h + gap) + h] = row
+    if path is not None:
+        viz.write_image(path, sheet)
+    return sheet
+
+
 def mask_sequences(root: str | os.PathLike, resolution: str = "480p") -> list[str]:
     """The sequence names under ``root/JPEGImages/<resolution>`` that have annotations."""
     root = Path(root)
@@ -225,7 +293,8 @@ def run_mask_eval(clips, out_dir: str | os.PathLike, *, spacing: int = 8,
     middle frames (:func:`mask_grid_queries`), refine them, run the flow baselines on the same
     queries, and score every method with :func:`mask_check`.
 
-    Writes ``out_dir/mask_results.json`` and ``out_dir/mask_results.md``.
+    Writes ``out_dir/mask_results.json``, ``out_dir/mask_results.md`` and, per clip,
+    ``out_dir/<clip>/contact_sheet.png`` (:func:`mask_contact_sheet`).
 
     Returns:
         ``{"clips": {clip: {method: metrics + fit_seconds}}, "table": markdown}``
@@ -245,11 +314,13 @@ def run_mask_eval(clips, out_dir: str | os.PathLike, *, spacing: int = 8,
         def score(c, tracks, occluded):
             return mask_check(c.video, c.source.masks, c.query_points, tracks, occluded)
 
-        results, _ = evaluate_clip(clip, preset=preset, iters=iters, seed=seed,
+        results, predictions = evaluate_clip(clip, preset=preset, iters=iters, seed=seed,
                                    out_dir=out / masked.name, baselines=baselines,
                                    device=device, progress=progress, quiet=quiet,
                                    refine=refine, score=score)
         per_clip[masked.name] = results
+        mask_contact_sheet(masked.video, masked.masks, queries, predictions,
+                           out / masked.name / "contact_sheet.png")
     table = format_mask_table(per_clip)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_write(out / "mask_results.json") as tmp:
