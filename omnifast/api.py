@@ -67,12 +67,27 @@ def _frames_of(video, max_side: int | None) -> np.ndarray:
     return load_video(video, max_side=max_side)
 
 
-def _has_supplied_flows(video) -> bool:
+def has_supplied_flows(video) -> bool:
     """An OmniMotion sequence folder that carries its own flows (``raft_exhaustive/``)."""
     if not isinstance(video, (str, os.PathLike)):
         return False
     root = Path(video).expanduser()
     return (root / "color").is_dir() and (root / "raft_exhaustive").is_dir()
+
+
+def command_line_max_side(max_side: int | None, preset: Preset, video=None) -> int | None:
+    """The longest side ``omnifast fit`` and :func:`omnifast.fit_many` shrink frames to:
+    ``max_side`` when given (0: full resolution), else the preset's ``max_side``; None for an
+    OmniMotion folder with its own flows when none is given (its flows are used as they are).
+    """
+    if max_side is not None:
+        if max_side < 0 or max_side == 1:
+            raise ValueError(f"max_side must be 0 (full resolution) or at least 2, "
+                             f"got {max_side}")
+        return max_side or None
+    if video is not None and has_supplied_flows(video):
+        return None
+    return preset.max_side
 
 
 def fit(video, *, preset: str | Preset = "cpu", iters: int | None = None,
@@ -104,7 +119,9 @@ def fit(video, *, preset: str | Preset = "cpu", iters: int | None = None,
             ``torch.utils.tensorboard.SummaryWriter`` (the caller's: fit writes and flushes
             it, the caller closes it; pass the same writer to :func:`write_results` to log
             the contact sheet next to the losses).
-        max_side: shrink frames so that their longer side is at most this.
+        max_side: shrink frames so that their longer side is at most this (default: full
+            resolution; the command line uses the preset's ``max_side``, 256 for ``"cpu"``).
+            Tracks, queries and pictures are in the pixels of the frames fitted.
         motion: precomputed motion for ``video`` (skips the optical-flow step).
         tracks: external correspondences from another tracker: an ``.npz`` path or a dict with
             ``tracks [N, T, 2]`` (x, y pixels) and ``visible [N, T]`` (or ``occluded``). They
@@ -146,7 +163,7 @@ def _fit(video, *, preset, iters, out_dir, device, seed, resume, progress, tenso
     preset_obj = get_preset(preset)
     if isinstance(video, MotionData):
         motion = video
-    elif motion is None and _has_supplied_flows(video) and max_side is None:
+    elif motion is None and has_supplied_flows(video) and max_side is None:
         from omnifast.data.flow import motion_from_omnimotion_folder  # noqa: PLC0415
 
         motion = motion_from_omnimotion_folder(video)

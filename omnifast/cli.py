@@ -38,7 +38,12 @@ def _known_errors() -> tuple[type[BaseException], ...]:
 
 # ------------------------------------------------------------------------------ commands
 def cmd_fit(args: argparse.Namespace) -> int:
-    from omnifast.api import fit, tensorboard_writer, write_results  # noqa: PLC0415
+    from omnifast.api import (  # noqa: PLC0415
+        command_line_max_side,
+        fit,
+        tensorboard_writer,
+        write_results,
+    )
 
     out = Path(args.out)
     from omnifast.config import get_preset  # noqa: PLC0415
@@ -57,7 +62,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
             tracker = fit(args.video, preset=preset, iters=args.iters, out_dir=out,
                           device=args.device, seed=args.seed, resume=args.resume,
                           progress=not args.quiet, tensorboard=writer,
-                          max_side=args.max_side, tracks=args.tracks, threads=threads)
+                          max_side=command_line_max_side(args.max_side, preset, args.video),
+                          tracks=args.tracks, threads=threads)
             paths = write_results(tracker, out, num_points=args.points, tensorboard=writer)
     finally:
         if writer is not None:
@@ -197,7 +203,8 @@ def _add_fit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, choices=["cpu", "cuda"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-side", type=int, default=None, dest="max_side",
-                   help="shrink frames so that the longer side is at most this")
+                   help="shrink frames so that the longer side is at most this (default: the "
+                   "preset's, 256 for cpu; 0: full resolution)")
     p.add_argument("--checkpoint-every", type=int, default=None, dest="checkpoint_every",
                    help="steps between checkpoints (preset default)")
     p.add_argument("--points", type=int, default=256, help="grid points tracked for tracks.npz")

@@ -83,10 +83,16 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class Preset:
+    """A model, its training schedule, and ``max_side``: the longest frame side the command
+    line shrinks clips to when ``--max-side`` is not given (None: full resolution). The exhaustive
+    pairwise flow costs T^2 * H * W (time, and about 10 bytes a pixel in the motion cache), so
+    the resolution bounds the preprocessing of long real clips."""
+
     name: str
     model: ModelConfig
     train: TrainConfig
     description: str = ""
+    max_side: int | None = None
 
     def replace(self, **train_overrides) -> Preset:
         return dataclasses.replace(self, train=dataclasses.replace(self.train, **train_overrides))
@@ -148,7 +154,9 @@ def _cpu_preset() -> Preset:
         flow_grad_ramp_steps=5_000, dist_start=800, dist_ramp_steps=40,
         mask_near_steps=80, checkpoint_every=200,
     )
-    return Preset("cpu", model, train, _cpu_preset.__doc__ or "")
+    # 256: a 100-frame clip's motion cache stays under 4 GB (at 16:9) and the fit on 2 cores
+    # within minutes (benchmarks/RESULTS.md, "Real footage")
+    return Preset("cpu", model, train, _cpu_preset.__doc__ or "", max_side=256)
 
 
 CPU = _cpu_preset()

@@ -271,7 +271,13 @@ def fit_one(video: str, out_dir: str, options: dict, run_id: str = "") -> dict:
     Returns:
         a :class:`VideoResult` as a dict; also written to ``out_dir/fit-many.json``.
     """
-    from omnifast.api import fit, known_errors, save_tracks, write_results  # noqa: PLC0415
+    from omnifast.api import (  # noqa: PLC0415
+        command_line_max_side,
+        fit,
+        known_errors,
+        save_tracks,
+        write_results,
+    )
     from omnifast.runtime import cpu_settings  # noqa: PLC0415
 
     out = Path(out_dir)
@@ -292,7 +298,9 @@ def fit_one(video: str, out_dir: str, options: dict, run_id: str = "") -> dict:
         with cpu_settings(options["threads"]) as threads:  # for the pictures too
             tracker = fit(video, preset=options["preset"], iters=options["iters"], out_dir=out,
                           device=options["device"], seed=options["seed"], resume=True,
-                          progress=False, max_side=options["max_side"], threads=threads,
+                          progress=False, threads=threads,
+                          max_side=command_line_max_side(options["max_side"],
+                                                         options["preset"], video),
                           tracks=inputs["tracks"], tensorboard=inputs["tensorboard"])
             outputs = {"tracker": out / "tracker.pt"}
             if options["pictures"]:
@@ -394,7 +402,7 @@ def fit_many(videos: str | os.PathLike | Iterable[str | os.PathLike],
             ``omnifast fit`` writes, plus ``fit-many.json``; ``summary.csv`` and
             ``summary.json`` go to ``out_root``.
         preset, iters, seed, max_side, checkpoint_every, points: as for ``omnifast fit``
-            (the same for every video).
+            (the same for every video; ``max_side`` None: the preset's, 0: full resolution).
         pictures: also write the pictures (tracks/depth/colour videos and the contact sheet);
             otherwise only ``tracker.pt`` and ``tracks.npz``.
         device: ``"cpu"`` or ``"cuda"`` (default: ``"cuda"`` when ``gpus_per_fit > 0``).

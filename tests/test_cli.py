@@ -367,3 +367,40 @@ def test_sigterm_stops_a_fit_like_ctrl_c(tmp_path):
     step = torch.load(ckpt, weights_only=False)["step"]
     assert 2 <= step < 400
     assert not (out / "tracker.pt").exists()
+
+
+def test_the_command_line_fits_at_the_presets_resolution(tmp_path, monkeypatch, capsys):
+    """`omnifast fit` shrinks frames to the preset's max_side unless --max-side says otherwise
+    (0: full resolution); an OmniMotion folder with its own flows keeps them."""
+    import omnifast.api
+    from omnifast.api import command_line_max_side
+    from omnifast.config import get_preset
+
+    cpu, gpu = get_preset("cpu"), get_preset("gpu")
+    assert cpu.max_side == 256 and gpu.max_side is None
+    assert command_line_max_side(None, cpu) == 256
+    assert command_line_max_side(0, cpu) is None
+    assert command_line_max_side(480, cpu) == 480
+    assert command_line_max_side(None, gpu) is None
+    for bad in (-1, 1):
+        with pytest.raises(ValueError, match="max_side"):
+            command_line_max_side(bad, cpu)
+    supplied = tmp_path / "seq"
+    (supplied / "color").mkdir(parents=True)
+    (supplied / "raft_exhaustive").mkdir()
+    assert command_line_max_side(None, cpu, supplied) is None
+    assert command_line_max_side(128, cpu, supplied) == 128
+
+    asked = []
+
+    def fake_fit(video, **kw):
+        asked.append(kw["max_side"])
+        raise ValueError("stopped before fitting")
+
+    monkeypatch.setattr(omnifast.api, "fit", fake_fit)
+    frames = tmp_path / "frames"
+    write_frames(frames, translating(3, 40, 48))
+    for argv, want in (([], 256), (["--max-side", "0"], None), (["--max-side", "96"], 96)):
+        assert main(["fit", str(frames), "--out", str(tmp_path / "out"), "--quiet", *argv]) != 0
+        assert asked[-1] == want
+    assert "stopped before fitting" in capsys.readouterr().err

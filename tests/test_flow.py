@@ -145,3 +145,24 @@ def test_full_resolution_dis_is_the_default_and_more_accurate():
             e.append(np.linalg.norm(flow - exact.flows[i, i + 1], axis=-1)[keep])
         err[scale] = np.median(np.concatenate(e))
     assert err[0] < 0.2 and err[None] > 3 * err[0], err  # measured: 0.09 and 0.44 px
+
+
+def test_a_cache_that_does_not_fit_on_disk_is_refused_before_any_flow(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    from conftest import translating
+
+    flow = flow_mod
+    frames = translating(4, 24, 32)
+    need = flow.motion_cache_bytes(frames.shape)
+    assert need == 4 * 4 * 24 * 32 * 10
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(need, need - 1, need - 1))
+    monkeypatch.setattr(flow, "pair_flow", lambda *a, **k: pytest.fail("flow was computed"))
+    with pytest.raises(ValueError, match=r"needs 0\.0 GB .*--max-side"):
+        flow.compute_motion(frames, cache_dir=tmp_path / "cache", progress=False)
+    assert not any((tmp_path / "cache").iterdir())
+    monkeypatch.undo()
+    motion = flow.compute_motion(frames, cache_dir=tmp_path / "cache", progress=False)
+    assert motion.flows.shape == (4, 4, 24, 32, 2)

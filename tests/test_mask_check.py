@@ -7,8 +7,13 @@ import cv2
 import numpy as np
 import pytest
 
-from omnifast.eval.masks import (SHEET_COLORS, mask_check, mask_contact_sheet,
-                                  mask_grid_queries, read_masked_clip)
+from omnifast.eval.masks import (
+    SHEET_COLORS,
+    mask_check,
+    mask_contact_sheet,
+    mask_grid_queries,
+    read_masked_clip,
+)
 
 T, H, W = 5, 20, 30
 SIZE, X0, Y0, STEP = 6, 4, 7, 3

@@ -206,6 +206,13 @@ def _load_cached(entry: Path, frames: np.ndarray) -> MotionData | None:
 # ------------------------------------------------------------------------------- compute
 
 
+def motion_cache_bytes(shape: tuple[int, ...]) -> int:
+    """Bytes of a motion cache entry for frames of ``shape`` ``[T, H, W, ...]``: every ordered
+    pair's flow (8 bytes a pixel) and its two masks (1 byte each)."""
+    t, h, w = (int(v) for v in shape[:3])
+    return t * t * h * w * 10
+
+
 def compute_motion(frames: np.ndarray, *, cache_dir: str | os.PathLike | bool | None = None,
                    chain: bool = True, progress: bool = True, workers: int | None = None,
                    preset: str = "medium", finest_scale: int | None = 0,
@@ -309,6 +316,12 @@ def compute_motion(frames: np.ndarray, *, cache_dir: str | os.PathLike | bool | 
         shutil.rmtree(entry, ignore_errors=True)  # unreadable: rebuild it
     root.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(root, "motion-*")  # half-written entries of killed runs
+    need, free = motion_cache_bytes(frames.shape), shutil.disk_usage(root).free
+    if need > free:
+        t, h, w = frames.shape[:3]
+        raise ValueError(f"the motion of {t} frames at {w}x{h} needs {need / 1e9:.1f} GB in "
+                         f"{root}, which has {free / 1e9:.1f} GB free: shrink the frames "
+                         "(--max-side / max_side; the cache grows with T^2 * H * W) or free space")
     # a concurrent writer that publishes the same entry first wins; ours is discarded
     with atomic_write(entry, directory=True) as tmp:
         _compute(frames, settings, workers, progress, tmp)
