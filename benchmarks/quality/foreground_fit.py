@@ -12,11 +12,8 @@ model moved the object with its surroundings.
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
 import numpy as np
-from foreground_pairs import masks_at
+from foreground_pairs import eval_out_arguments, masks_at
 
 import omnifast
 
@@ -50,11 +47,7 @@ def self_fit(tracker, flows, cycle, masks, gap: int, seed: int = 0) -> dict[str,
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("eval_out", type=Path)
-    ap.add_argument("--data", type=Path, default=Path("../shared/real-clips/DAVIS"))
-    ap.add_argument("--clips", default="blackswan,car-roundabout,libby,breakdance,parkour")
-    args = ap.parse_args()
+    args = eval_out_arguments(__doc__.splitlines()[0])
     print("| clip | " + " | ".join(f"d = {d}: fg error / flow, bg error / flow (px)" for d in GAPS)
           + " |")
     print("|---|" + "---|" * len(GAPS))

@@ -48,12 +48,17 @@ def valid_fractions(entry: Path, masks: np.ndarray) -> dict[int, tuple[float, fl
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def eval_out_arguments(description: str) -> argparse.Namespace:
+    """The command line of the real-clip studies: EVAL_OUT, ``--data``, ``--clips``."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("eval_out", type=Path)
     ap.add_argument("--data", type=Path, default=Path("../shared/real-clips/DAVIS"))
     ap.add_argument("--clips", default="blackswan,car-roundabout,libby,breakdance,parkour")
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def main() -> None:
+    args = eval_out_arguments(__doc__.splitlines()[0])
     print("| clip | " + " | ".join(f"d = {d} fg / bg" for d in GAPS) + " |")
     print("|---|" + "---|" * len(GAPS))
     for clip in args.clips.split(","):
