@@ -105,14 +105,6 @@ inline void acc_tn(at::Tensor acc, const at::Tensor& a, const at::Tensor& b,
   add_row<float, c10::BFloat16>(acc.data_ptr<float>(), t.data_ptr<c10::BFloat16>(), numel);
 }
 
-// Work sharing over point tiles that follows the CPU time each thread actually gets, with sums
-// that do not depend on the schedule. The tiles are cut into `groups` contiguous groups; each
-// thread takes the next unclaimed group from a shared counter (tile_pool.h), so a thread that
-// gets less than a whole core (another process on it) takes fewer groups instead of holding the
-// others up, as a static split of the tiles does. A backward accumulates each group's weight
-// gradients into that group's own slot, in tile order, and the slots are summed in a fixed order
-// afterwards: the result depends on the tile and thread counts, never on which thread ran which
-// group.
 // Groups for a backward over ntiles tiles: one per thread would leave no room to balance, many
 // cost an accumulator slot each (zeroed and summed per call); 3 per thread balance a thread that
 // gets half a core against one that gets a whole one. At least 1 (for the accumulators' shape).
@@ -122,6 +114,15 @@ inline int64_t backward_tile_groups(int64_t ntiles) {
   return std::max<int64_t>(1, std::min<int64_t>(ntiles, want));
 }
 
+// Work sharing over point tiles that follows the CPU time each thread actually gets, with sums
+// that do not depend on the schedule. The tiles are cut into `groups` contiguous groups; each
+// thread takes the next unclaimed group from a shared counter (tile_pool.h), so a thread that
+// gets less than a whole core (another process on it) takes fewer groups instead of holding the
+// others up, as a static split of the tiles does. A backward accumulates each group's weight
+// gradients into that group's own slot, in tile order, and the slots are summed in a fixed order
+// afterwards: the result depends on the tile and thread counts, never on which thread ran which
+// group.
+//
 // Runs body(claim) on the calling thread and on pool threads (at most min(groups, threads) in
 // all, threads = ATen's intra-op count); claim(TileGroup&) fills in the next unclaimed group and
 // returns false when none is left, claim.thread numbers the threads. Per-thread scratch lives in

@@ -11,12 +11,10 @@
 #include <thread>
 #include <vector>
 
+#include "common/float_mode.h"
+
 #ifdef _OPENMP
 #include <omp.h>
-#endif
-#if defined(__x86_64__) || defined(_M_X64)
-#include <xmmintrin.h>
-#define OMNIFAST_HAS_MXCSR 1
 #endif
 #ifdef __unix__
 #include <pthread.h>
@@ -39,24 +37,6 @@ int set_mkl_threads_here(int n) {
 namespace omnifast {
 namespace cpu_tile {
 namespace {
-
-constexpr unsigned kFtzDaz = 0x8040u;  // MXCSR bit 15 (FTZ) and bit 6 (DAZ)
-
-unsigned caller_float_mode() {
-#ifdef OMNIFAST_HAS_MXCSR
-  return _mm_getcsr() & kFtzDaz;
-#else
-  return 0;
-#endif
-}
-
-void adopt_float_mode(unsigned bits) {
-#ifdef OMNIFAST_HAS_MXCSR
-  _mm_setcsr((_mm_getcsr() & ~kFtzDaz) | bits);
-#else
-  (void)bits;
-#endif
-}
 
 thread_local bool tl_in_body = false;
 
@@ -184,7 +164,7 @@ class Pool {
       ++job->helpers_joined;
       ++job->helpers_active;
       lock.unlock();
-      adopt_float_mode(job->float_mode);
+      set_float_mode_bits(job->float_mode);
       apart.from(job->caller_cpu);
       std::exception_ptr error;
       try {
@@ -247,7 +227,7 @@ void run_tile_groups(int64_t ntiles, int64_t groups, int threads,
   job->body = &body;
   job->ntiles = ntiles;
   job->groups = groups;
-  job->float_mode = caller_float_mode();
+  job->float_mode = float_mode_bits();
   job->helpers_wanted = helpers;
   job->caller_cpu = current_cpu();
 

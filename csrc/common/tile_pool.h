@@ -10,8 +10,8 @@
 // Pool threads (named "omnifast-tiles") keep off the CPU their caller runs on, so that the
 // scheduler does not stack them on the caller's core. They run the body with the caller's
 // FTZ/DAZ bits and with single-threaded MKL, oneDNN and ATen parallelism (as inside an OpenMP
-// region); so does the calling thread for the duration of the call. The pool survives fork() (a child starts a fresh one) and is never torn
-// down (its threads sleep until the process exits).
+// region); so does the calling thread for the duration of the call. The pool survives fork() (a
+// child starts a fresh one) and is never torn down (its threads sleep until the process exits).
 #pragma once
 
 #include <atomic>

@@ -11,27 +11,14 @@
 #include <omp.h>
 #endif
 
-#if defined(__x86_64__) || defined(_M_X64)
-#include <xmmintrin.h>
-#define OMNIFAST_HAS_MXCSR 1
-#endif
+#include "common/float_mode.h"
 
 namespace omnifast {
 namespace {
 
-#ifdef OMNIFAST_HAS_MXCSR
-constexpr unsigned kFtzDaz = 0x8040u;  // MXCSR bit 15 (FTZ) and bit 6 (DAZ)
+bool thread_ftz() { return float_mode_bits() == kFtzDaz; }
 
-bool thread_ftz() { return (_mm_getcsr() & kFtzDaz) == kFtzDaz; }
-
-void set_thread_ftz(bool on) {
-  const unsigned csr = _mm_getcsr();
-  _mm_setcsr(on ? (csr | kFtzDaz) : (csr & ~kFtzDaz));
-}
-#else
-bool thread_ftz() { return false; }
-void set_thread_ftz(bool) {}
-#endif
+void set_thread_ftz(bool on) { set_float_mode_bits(on ? kFtzDaz : 0u); }
 
 // Runs `fn(thread index)` once on every thread of the OpenMP team, the calling thread included.
 template <typename Fn>
