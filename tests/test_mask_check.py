@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from omnifast.eval.masks import (
+    METRICS,
     SHEET_COLORS,
     mask_check,
     mask_contact_sheet,
@@ -224,3 +225,20 @@ def test_eval_masks_suite_scores_every_method(tmp_path, capsys, monkeypatch):
     sheet = cv2.imread(str(tmp_path / "out" / "square" / "contact_sheet.png"))
     assert sheet.shape == (4 * H + 3 * 2, 5 * W + 4 * 2, 3)  # 4 methods x 5 frames
     assert main(["eval", "--suite", "masks", "--out", str(tmp_path / "o2")]) == 2
+
+    # --load re-scores the saved fit (same tracks, same numbers) without fitting again
+    monkeypatch.setattr(omnifast.api, "fit", lambda *a, **kw: pytest.fail("fitted again"))
+    data = ["--data", str(tmp_path / "davis"), "--spacing", "4", "--no-progress"]
+    assert main(["eval", "--suite", "masks", *data, "--load", str(tmp_path / "out"),
+                 "--no-refine", "--baselines", "", "--out", str(tmp_path / "o3")]) == 0
+    again = json.loads((tmp_path / "o3" / "mask_results.json").read_text())["clips"]["square"]
+    assert set(again) == {"omnifast"}
+    scores = [*METRICS, "fg_queries", "bg_queries"]
+    assert [again["omnifast"][k] for k in scores] == [res["omnifast"][k] for k in scores]
+    assert main(["eval", "--suite", "masks", *data, "--baselines-only",
+                 "--out", str(tmp_path / "o4")]) == 0
+    only = json.loads((tmp_path / "o4" / "mask_results.json").read_text())["clips"]["square"]
+    assert set(only) == {"chained_flow", "direct_flow"}
+    assert main(["eval", "--suite", "masks", *data, "--load", str(tmp_path / "nowhere"),
+                 "--out", str(tmp_path / "o5")]) == 2
+    assert "no tracker for clip square" in capsys.readouterr().err

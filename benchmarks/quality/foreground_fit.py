@@ -7,7 +7,9 @@ each with its fit's ``tracker.pt`` and motion cache). For frame gaps 1, 3 and 10
 40 cycle-consistent pixels on the object and 40 off it from every 9th frame, maps them with the
 fitted model (``Tracker.track``) and prints the median distance to the flow the fit was trained
 on, with the median length of that flow: an error near the flow's length on the object means the
-model moved the object with its surroundings.
+model moved the object with its surroundings. The last column is the median rendered depth
+(``Tracker.depth_maps``, 0 to 2) on the object and off it over five frames: equal depths mean
+the fit has put the object and the background in one layer.
 """
 
 from __future__ import annotations
@@ -46,11 +48,18 @@ def self_fit(tracker, flows, cycle, masks, gap: int, seed: int = 0) -> dict[str,
                 float(np.median(np.concatenate(lengths[p])))) for p in errors if errors[p]}
 
 
+def layer_depths(tracker, masks, frames: int = 5) -> tuple[float, float]:
+    """Median rendered depth on the object and off it over ``frames`` evenly spaced frames."""
+    picked = np.linspace(0, len(masks) - 1, frames).round().astype(int)
+    depth = tracker.depth_maps(picked.tolist())
+    return (float(np.median(depth[masks[picked]])), float(np.median(depth[~masks[picked]])))
+
+
 def main() -> None:
     args = eval_out_arguments(__doc__.splitlines()[0])
     print("| clip | " + " | ".join(f"d = {d}: fg error / flow, bg error / flow (px)" for d in GAPS)
-          + " |")
-    print("|---|" + "---|" * len(GAPS))
+          + " | depth fg / bg |")
+    print("|---|" + "---|" * (len(GAPS) + 1))
     for clip in args.clips.split(","):
         fit = args.eval_out / clip / clip / "fit"
         entry = sorted((fit / "motion-cache").glob("motion-*"))[0]
@@ -62,6 +71,7 @@ def main() -> None:
         for d in GAPS:
             r = self_fit(tracker, flows, cycle, masks, d)
             cells.append(", ".join(f"{r[p][0]:.2f} / {r[p][1]:.1f}" for p in ("fg", "bg")))
+        cells.append("{:.2f} / {:.2f}".format(*layer_depths(tracker, masks)))
         print(f"| {clip} | " + " | ".join(cells) + " |")
 
 

@@ -117,10 +117,15 @@ def run(args: argparse.Namespace) -> int:
     if args.suite == "masks":
         from omnifast.eval.masks import run_mask_eval  # noqa: PLC0415
 
-        res = run_mask_eval(clips, args.out, spacing=args.spacing, preset=args.preset,
-                            iters=args.iters, seed=args.seed, baselines=baselines,
-                            device=args.device, progress=not args.no_progress,
-                            refine=not args.no_refine)
+        try:
+            res = run_mask_eval(clips, args.out, spacing=args.spacing, preset=args.preset,
+                                iters=args.iters, seed=args.seed, load=args.load,
+                                baselines=baselines, skip_omnifast=args.baselines_only,
+                                device=args.device, progress=not args.no_progress,
+                                refine=not args.no_refine)
+        except FileNotFoundError as e:
+            print(f"omnifast eval: {e}", file=sys.stderr)
+            return 2
         print(res["table"])
         print(f"wrote {args.out / 'mask_results.json'} and mask_results.md")
         return 0

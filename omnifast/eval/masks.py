@@ -287,11 +287,13 @@ def format_mask_table(per_clip: dict[str, dict[str, dict]]) -> str:
 
 def run_mask_eval(clips, out_dir: str | os.PathLike, *, spacing: int = 8,
                   preset: str = "cpu", iters: int | None = None, seed: int = 0,
-                  baselines=("chained_flow",), device: str | None = None,
+                  load: str | os.PathLike | None = None, baselines=("chained_flow",),
+                  skip_omnifast: bool = False, device: str | None = None,
                   progress: bool = True, quiet: bool = False, refine: bool = True) -> dict:
-    """Fit omnifast on each :class:`MaskedClip`, track a grid of queries on its first and
-    middle frames (:func:`mask_grid_queries`), refine them, run the flow baselines on the same
-    queries, and score every method with :func:`mask_check`.
+    """Fit omnifast on each :class:`MaskedClip` (or load its tracker from ``load``, as
+    :func:`omnifast.eval.run.find_tracker` finds it; ``skip_omnifast``: neither), track a grid
+    of queries on its first and middle frames (:func:`mask_grid_queries`), refine them, run the
+    flow baselines on the same queries, and score every method with :func:`mask_check`.
 
     Writes ``out_dir/mask_results.json``, ``out_dir/mask_results.md`` and, per clip,
     ``out_dir/<clip>/contact_sheet.png`` (:func:`mask_contact_sheet`).
@@ -301,7 +303,7 @@ def run_mask_eval(clips, out_dir: str | os.PathLike, *, spacing: int = 8,
     """
     import json  # noqa: PLC0415
 
-    from omnifast.eval.run import EvalClip, evaluate_clip  # noqa: PLC0415
+    from omnifast.eval.run import EvalClip, evaluate_clip, find_tracker  # noqa: PLC0415
     from omnifast.files import atomic_write  # noqa: PLC0415
 
     out = Path(out_dir)
@@ -315,7 +317,9 @@ def run_mask_eval(clips, out_dir: str | os.PathLike, *, spacing: int = 8,
             return mask_check(c.video, c.source.masks, c.query_points, tracks, occluded)
 
         results, predictions = evaluate_clip(clip, preset=preset, iters=iters, seed=seed,
-                                   out_dir=out / masked.name, baselines=baselines,
+                                   out_dir=out / masked.name,
+                                   load=find_tracker(load, masked.name), baselines=baselines,
+                                   skip_omnifast=skip_omnifast,
                                    device=device, progress=progress, quiet=quiet,
                                    refine=refine, score=score)
         per_clip[masked.name] = results

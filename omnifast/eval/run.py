@@ -454,6 +454,22 @@ def evaluate_clip(clip: EvalClip, *, preset: str = "cpu", iters: int | None = No
     return results, preds
 
 
+def find_tracker(load: str | os.PathLike | None, clip_name: str) -> Path | None:
+    """The saved tracker of ``clip_name`` under ``load`` (None when ``load`` is None).
+
+    ``load`` is an earlier output folder, holding ``<clip>/tracker.pt`` or
+    ``<clip>/fit/tracker.pt``, or one tracker file. Raises FileNotFoundError when none is there.
+    """
+    if load is None:
+        return None
+    lp = Path(load)
+    cands = [lp / clip_name / "tracker.pt", lp / clip_name / "fit" / "tracker.pt", lp]
+    found = next((c for c in cands if c.is_file()), None)
+    if found is None:
+        raise FileNotFoundError(f"no tracker for clip {clip_name} under {lp}")
+    return found
+
+
 @flushes_subnormals
 def run_eval(clips: Sequence[EvalClip], out_dir: str | os.PathLike, *, preset: str = "cpu",
              iters: int | None = None, seed: int = 0,
@@ -495,16 +511,9 @@ def run_eval(clips: Sequence[EvalClip], out_dir: str | os.PathLike, *, preset: s
     per_clip: dict[str, dict] = {}
     wall0 = time.perf_counter()
     for clip in clips:
-        load_path = None
-        if load is not None:
-            lp = Path(load)
-            cands = [lp / clip.name / "tracker.pt", lp / clip.name / "fit" / "tracker.pt", lp]
-            load_path = next((c for c in cands if c.is_file()), None)
-            if load_path is None:
-                raise FileNotFoundError(f"no tracker for clip {clip.name} under {lp}")
         results, preds = evaluate_clip(
             clip, preset=preset, iters=iters, seed=seed,
-            out_dir=out / clip.name, load=load_path, baselines=baselines,
+            out_dir=out / clip.name, load=find_tracker(load, clip.name), baselines=baselines,
             skip_omnifast=skip_omnifast, device=device, progress=progress, quiet=quiet,
             exact_motion=exact_motion, refine=refine)
         per_clip[clip.name] = {"num_queries": int(len(clip.query_points)),
