@@ -29,7 +29,7 @@ from omnifast.config import Preset
 from omnifast.datasets.synthetic import generate_clip
 
 #: long enough to be stopped in the middle (a kill, a Ctrl-C), checkpoints every 2 steps
-LONG = TINY.replace(num_iters=150, cache_every=50)
+LONG = TINY.replace(num_iters=600, cache_every=200)
 SEED = 3
 ROOT = Path(__file__).resolve().parents[1]
 
