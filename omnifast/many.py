@@ -27,6 +27,7 @@ import json
 import math
 import os
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterable, Sequence
@@ -34,6 +35,7 @@ from pathlib import Path
 
 from omnifast.config import Preset, config_to_dict, get_preset
 from omnifast.files import atomic_write
+from omnifast.interrupt import ctrl_c_sets
 
 STATE_NAME = "fit-many.json"
 SUMMARY_CSV = "summary.csv"
@@ -514,15 +516,22 @@ def _run_tasks(ray, todo, root: Path, options: dict, results: dict, total: int,
                             f"failed {failed}", refresh=True)
 
     pending = list(refs)
+    # Ctrl-C sets an event that the loop checks at least once a second, instead of relying on
+    # a KeyboardInterrupt reaching the loop through Ray's wait (one was seen not to, and the
+    # fits then ran to the end)
+    stop = threading.Event()
     try:
         show(len(pending))
-        while pending:
-            ready, pending = ray.wait(pending, num_returns=1, timeout=1.0)
-            for ref in ready:
-                collect(ref)
-            if bar is not None and ready:
-                bar.update(len(ready))
-            show(len(pending))
+        with ctrl_c_sets(stop):
+            while pending:
+                ready, pending = ray.wait(pending, num_returns=1, timeout=1.0)
+                for ref in ready:
+                    collect(ref)
+                if bar is not None and ready:
+                    bar.update(len(ready))
+                show(len(pending))
+                if stop.is_set() and pending:
+                    raise KeyboardInterrupt
     except KeyboardInterrupt:
         # Each running fit turns the cancel into a stop after its current step, with the
         # checkpoint saved; queued ones never start. A second Ctrl-C stops waiting.

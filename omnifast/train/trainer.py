@@ -30,7 +30,6 @@ import contextlib
 import copy
 import hashlib
 import os
-import signal
 import threading
 import time
 import warnings
@@ -41,6 +40,7 @@ import torch
 
 from omnifast.config import Preset, config_to_dict, get_preset
 from omnifast.data.motion import MotionData
+from omnifast.interrupt import ctrl_c_sets
 from omnifast.model.checkpoint import CheckpointError, _atomic_save
 from omnifast.model.omnimotion import DEFAULT_SEED, OmniMotion
 from omnifast.model.rays import Rays
@@ -538,24 +538,6 @@ class Trainer:
         return out
 
     # ------------------------------------------------------------------ the loop
-    @contextlib.contextmanager
-    def _sigint_to_flag(self):
-        """Turn the first Ctrl-C into a stop request honoured after the current step."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        previous = signal.getsignal(signal.SIGINT)
-
-        def handler(signum, frame):
-            self._stop.set()
-            signal.signal(signal.SIGINT, previous)  # a second Ctrl-C stops at once
-
-        signal.signal(signal.SIGINT, handler)
-        try:
-            yield
-        finally:
-            signal.signal(signal.SIGINT, previous)
-
     def run(self, resume: bool = False) -> OmniMotion:
         """Optimise up to ``num_iters`` steps (continuing from the checkpoint with ``resume``).
 
@@ -579,7 +561,7 @@ class Trainer:
                        dynamic_ncols=True, mininterval=0.5)
         t_start = time.time()
         try:
-            with self._sigint_to_flag():
+            with ctrl_c_sets(self._stop):
                 while self.step < total:
                     self.train_step()
                     s = self.step
