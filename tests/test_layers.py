@@ -40,6 +40,7 @@ LAYERS: list[tuple[str, dict[str, tuple[str, ...]]]] = [
         "config": ("omnifast.config",), "cpuinfo": ("omnifast.cpuinfo",),
         "precision": ("omnifast.precision",), "pixels": ("omnifast.pixels",),
         "queries": ("omnifast.queries",), "files": ("omnifast.files",),
+        "interrupt": ("omnifast.interrupt",),
     }),
 ]
 
