@@ -15,7 +15,7 @@ the fit has put the object and the background in one layer.
 from __future__ import annotations
 
 import numpy as np
-from foreground_pairs import eval_out_arguments, masks_at
+from foreground_pairs import cache_entry, eval_out_arguments, fit_folder, masks_at
 
 import omnifast
 
@@ -61,8 +61,11 @@ def main() -> None:
           + " | depth fg / bg |")
     print("|---|" + "---|" * (len(GAPS) + 1))
     for clip in args.clips.split(","):
-        fit = args.eval_out / clip / clip / "fit"
-        entry = sorted((fit / "motion-cache").glob("motion-*"))[0]
+        fit = fit_folder(args.eval_out, clip)
+        entry = cache_entry(args.eval_out, clip)
+        if entry is None:
+            print(f"| {clip} | no motion cache under {args.eval_out / clip} |")
+            continue
         flows = np.load(entry / "flows.npy", mmap_mode="r")
         cycle = np.load(entry / "cycle.npy", mmap_mode="r")
         masks = masks_at(args.data, clip, (flows.shape[0], *flows.shape[2:4]))

@@ -28,6 +28,17 @@ def masks_at(data: Path, clip: str, shape: tuple[int, int, int]) -> np.ndarray:
                                 interpolation=cv2.INTER_NEAREST) > 0 for f in files])
 
 
+def fit_folder(eval_out: Path, clip: str) -> Path:
+    """The fit folder of one clip's ``omnifast eval --suite masks`` run under ``eval_out``."""
+    return eval_out / clip / clip / "fit"
+
+
+def cache_entry(eval_out: Path, clip: str) -> Path | None:
+    """That fit's motion cache entry (None when there is none)."""
+    entries = sorted((fit_folder(eval_out, clip) / "motion-cache").glob("motion-*"))
+    return entries[0] if entries else None
+
+
 def valid_fractions(entry: Path, masks: np.ndarray) -> dict[int, tuple[float, float]]:
     """{gap: (fraction valid on the object, fraction valid off it)} over every frame i."""
     cycle = np.load(entry / "cycle.npy", mmap_mode="r")
@@ -62,13 +73,13 @@ def main() -> None:
     print("| clip | " + " | ".join(f"d = {d} fg / bg" for d in GAPS) + " |")
     print("|---|" + "---|" * len(GAPS))
     for clip in args.clips.split(","):
-        entries = sorted((args.eval_out / clip / clip / "fit" / "motion-cache").glob("motion-*"))
-        if not entries:
+        entry = cache_entry(args.eval_out, clip)
+        if entry is None:
             print(f"| {clip} | no motion cache under {args.eval_out / clip} |")
             continue
-        cycle = np.load(entries[0] / "cycle.npy", mmap_mode="r")
+        cycle = np.load(entry / "cycle.npy", mmap_mode="r")
         masks = masks_at(args.data, clip, (cycle.shape[0], *cycle.shape[2:]))
-        got = valid_fractions(entries[0], masks)
+        got = valid_fractions(entry, masks)
         print(f"| {clip} | " + " | ".join(
             f"{got[d][0]:.3f} / {got[d][1]:.3f}" if d in got else "(none)" for d in GAPS) + " |")
 

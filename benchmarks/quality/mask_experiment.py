@@ -15,15 +15,14 @@ the preset's 256 px, fitted with ``omnifast eval``'s path (no refinement) and sc
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from pathlib import Path
 
 from foreground_fit import layer_depths
-from preset_experiment import _fields
+from foreground_pairs import fit_folder
+from preset_experiment import changed_cpu_preset
 
 import omnifast
-from omnifast.config import get_preset
 from omnifast.eval.masks import MaskedClip, read_masked_clip, run_mask_eval
 
 
@@ -38,14 +37,11 @@ def main() -> None:
     ap.add_argument("--set", nargs="*", default=[], help="TrainConfig fields, key=value")
     ap.add_argument("--mset", nargs="*", default=[], help="ModelConfig fields, key=value")
     a = ap.parse_args()
-    preset = get_preset("cpu")
-    preset = dataclasses.replace(
-        preset, model=dataclasses.replace(preset.model, **_fields(a.mset)),
-        train=dataclasses.replace(preset.train, **_fields(a.set)))
+    preset = changed_cpu_preset(a.mset, a.set)
     masked = read_masked_clip(a.data, a.clip, max_side=preset.max_side, max_frames=a.frames)
     if a.frames is not None:
         masked = MaskedClip(f"{a.clip}{a.frames}", masked.video, masked.masks)
-    fit_dir = a.out / masked.name / masked.name / "fit"
+    fit_dir = fit_folder(a.out, masked.name)
     if a.cache is not None:  # the fit looks for its motion in out_dir/motion-cache
         fit_dir.mkdir(parents=True, exist_ok=True)
         link = fit_dir / "motion-cache"

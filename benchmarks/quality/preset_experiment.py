@@ -28,12 +28,20 @@ from omnifast.data.flow import compute_motion
 from omnifast.eval.run import synthetic_clips
 
 
-def _fields(pairs: list[str]) -> dict:
+def parse_fields(pairs: list[str]) -> dict:
+    """``["key=literal", ...]`` -> ``{key: value}`` (values parsed as Python literals)."""
     out = {}
     for kv in pairs:
         key, _, value = kv.partition("=")
         out[key] = ast.literal_eval(value)
     return out
+
+
+def changed_cpu_preset(model_fields: list[str], train_fields: list[str]):
+    """The ``cpu`` preset with ``key=literal`` changes to its ModelConfig and TrainConfig."""
+    p = get_preset("cpu")
+    return dataclasses.replace(p, model=dataclasses.replace(p.model, **parse_fields(model_fields)),
+                               train=dataclasses.replace(p.train, **parse_fields(train_fields)))
 
 
 def main() -> None:
@@ -48,15 +56,13 @@ def main() -> None:
     ap.add_argument("--flow", nargs="*", default=[],
                     help="compute_motion settings for --motion dis, key=value")
     a = ap.parse_args()
-    p = get_preset("cpu")
-    p = dataclasses.replace(p, model=dataclasses.replace(p.model, **_fields(a.mset)),
-                            train=dataclasses.replace(p.train, **_fields(a.set)))
+    p = changed_cpu_preset(a.mset, a.set)
     clip = synthetic_clips([a.clip])[0]
     kw = {"motion": clip.source.exact_motion()} if a.motion == "exact" else {}
     t0 = time.perf_counter()
     if a.motion == "dis" and a.flow:
         kw["motion"] = compute_motion(clip.video, cache_dir=False, progress=False,
-                                      **_fields(a.flow))
+                                      **parse_fields(a.flow))
     tracker = fit(clip.video, preset=p, iters=a.iters, seed=a.seed, out_dir=a.out, progress=False,
                   **kw)
     result = {"clip": a.clip, "motion": a.motion, "iters": a.iters or p.train.num_iters,
