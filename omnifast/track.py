@@ -214,7 +214,8 @@ class Tracker:
         ``window_shift``, ...). ``boundary_weights=True`` turns on the model's template
         weights (and the centred window alone, unless ``window_shift`` is given);
         ``flows``: the clip's frame-to-frame flows if already computed, None: no flow
-        candidates. Costs about 3 :meth:`track` calls plus the matching (docs/design.md,
+        candidates. Costs about 3 :meth:`track` calls plus the matching and, with
+        ``direct_flow_candidates``, (query frames) x (T-1) optical flows (docs/design.md,
         "Refinement").
 
         Returns:

@@ -3,10 +3,13 @@ must not touch alone, validates its inputs; and the tracker methods that feed it
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 from omnifast.refine import RefineConfig, frame_flows, refine_tracks, similarity_part
+from omnifast.refine.candidates import direct_flow_positions
 
 H, W = 48, 64
 
@@ -372,6 +375,67 @@ def test_flow_candidates_do_not_override_a_better_model_match():
     assert np.abs(out - truth).max() < 0.05
 
 
+def _noisy_translation(shifts, seed=12):
+    """A translating texture with fresh pixel noise in every frame: no match is perfect."""
+    video = _video([_shift(*s) for s in shifts])
+    noise = np.random.default_rng(seed).normal(0.0, 0.03, video.shape)
+    return (video + noise).astype(np.float32)
+
+
+def test_flow_fallback_follows_the_flow_where_nothing_matches():
+    # no candidate can be accepted (min_score 1: the frames are noisy); with the fallback the
+    # unmatched frames take the flow chain's position, without it the model's wrong one
+    shifts = [(0.0, 0.0), (1.5, 0.5), (3.0, 1.0), (4.5, 1.5), (6.0, 2.0)]
+    video = _noisy_translation(shifts)
+    q = _queries(10, seed=13)
+    truth = _truth(q, shifts)
+    pred = truth + np.array([9.0, -6.0])  # a model lost by 11 px from the first frame on
+    pred[:, 0] = q[:, [2, 1]]
+    flows = _translation_flows(shifts)
+    strict = RefineConfig(min_score=1.0, fallback_search=0)
+    out, score = refine_tracks(video, q, pred, flows=flows, config=strict)
+    np.testing.assert_allclose(out[:, 1:], truth[:, 1:], atol=1e-3)
+    assert np.isnan(score[:, 0]).all() and (score[:, 1:] < 1.0).all()
+    off, _ = refine_tracks(video, q, pred, flows=flows,
+                           config=dataclasses.replace(strict, flow_fallback=False))
+    np.testing.assert_array_equal(off[:, 1:], pred[:, 1:].astype(np.float32))
+    # without flows there is nothing to fall back on: the fallback setting changes nothing
+    np.testing.assert_array_equal(refine_tracks(video, q, pred, config=strict)[0], off)
+
+
+@pytest.mark.parametrize("window_shift", [0, 2])
+def test_direct_candidates_recover_a_track_lost_beyond_every_search(window_shift):
+    shifts = [(0.0, 0.0), (1.2, 0.4), (2.6, 0.9), (3.5, 1.6)]
+    video = _video([_shift(*s) for s in shifts])
+    q = _queries(12, seed=14)
+    q[::2, 0] = 3  # half of them queried in the last frame: backwards too
+    truth = np.stack([q[:, [2, 1]] + np.subtract(s, np.array(shifts)[q[:, 0].astype(int)])
+                      for s in shifts], 1)
+    pred = truth + np.array([12.0, 9.0])  # beyond both searches (3 and 6 px)
+    pred[np.arange(len(q)), q[:, 0].astype(int)] = q[:, [2, 1]]
+    cfg = RefineConfig(window_shift=window_shift)
+    out, _ = refine_tracks(video, q, pred, direct=truth + 0.7, config=cfg)
+    assert np.abs(out - truth).max() < 0.05
+    lost, _ = refine_tracks(video, q, pred, config=cfg)
+    far = np.ones(lost.shape[:2], bool)
+    far[np.arange(len(q)), q[:, 0].astype(int)] = False
+    assert np.abs(lost - truth).max(-1)[far].min() > 5.0
+
+
+def test_direct_flow_positions_of_a_translation():
+    shifts = [(0.0, 0.0), (1.0, 0.5), (2.5, -0.5), (3.0, 1.0)]
+    video = (_video([_shift(*s) for s in shifts]) * 255).round().astype(np.uint8)
+    q = _queries(16, seed=15)
+    q[1::2, 0] = 2
+    qt = q[:, 0].astype(int)
+    got = direct_flow_positions(video, q[:, [2, 1]], qt)
+    assert got.shape == (16, 4, 2) and got.dtype == np.float32
+    want = np.stack([q[:, [2, 1]] + np.subtract(s, np.array(shifts)[qt]) for s in shifts], 1)
+    np.testing.assert_array_equal(got[np.arange(16), qt], q[:, [2, 1]].astype(np.float32))
+    assert np.median(np.abs(got - want)) < 0.1 and np.abs(got - want).max() < 0.5
+    assert direct_flow_positions(video, np.zeros((0, 2)), np.zeros(0, int)).shape == (0, 4, 2)
+
+
 def test_frame_flows_of_a_translation():
     shifts = [(0.0, 0.0), (1.0, 0.5), (2.5, 0.0)]
     video = (_video([_shift(*s) for s in shifts]) * 255).round().astype(np.uint8)
@@ -419,10 +483,17 @@ def test_input_validation_and_empty():
                                              np.full((1, H, W, 2), np.nan)))
     with pytest.raises(ValueError, match="pair"):
         refine_tracks(video, q, pred, flows=np.zeros((1, H, W, 2)))
+    with pytest.raises(ValueError, match="direct must be"):
+        refine_tracks(video, q, pred, direct=pred[:2])
+    with pytest.raises(ValueError, match="direct positions must be finite"):
+        refine_tracks(video, q, pred, direct=np.full_like(pred, np.nan))
     with pytest.raises(TypeError, match="RefineConfig"):
         refine_tracks(video, q, pred, config={"radius": 2})
     out, score = refine_tracks(video, np.zeros((0, 3)), np.zeros((0, 2, 2)))
     assert out.shape == (0, 2, 2) and score.shape == (0, 2)
+    out, _ = refine_tracks(video, np.zeros((0, 3)), np.zeros((0, 2, 2)),
+                           direct=np.zeros((0, 2, 2)))
+    assert out.shape == (0, 2, 2)
 
 
 # ------------------------------------------------------------------------- tracker methods
@@ -514,12 +585,17 @@ def test_track_refined_is_the_fitted_path_with_the_clip_flows(tracker):
     video, q = _tracker_clip()
     tr = tracker.track(q)[0]
     jac = tracker.local_jacobians(q)
+    direct = direct_flow_positions(video, q[:, [2, 1]], q[:, 0].astype(int))
     got, _ = tracker.track_refined(q, video)
     want, _ = refine_tracks(video, q, tr, jacobians=jac, flows=frame_flows(video))
     np.testing.assert_array_equal(got, want)
     assert not np.array_equal(got, tr)  # something was refined: a real check
     no_flow, _ = tracker.track_refined(q, video, flows=None)
     np.testing.assert_array_equal(no_flow, refine_tracks(video, q, tr, jacobians=jac)[0])
+    direct = direct_flow_positions(video, q[:, [2, 1]], q[:, 0].astype(int))
+    with_direct, _ = tracker.track_refined(q, video, direct_flow_candidates=True)
+    np.testing.assert_array_equal(with_direct, refine_tracks(
+        video, q, tr, jacobians=jac, flows=frame_flows(video), direct=direct)[0])
 
 
 def test_track_refined_options_and_config_agree(tracker):
@@ -572,7 +648,8 @@ TUNED = dict(radius=2, search=3, min_score=0.8, iterations=4, robust=True, robus
              fallback_search=6, fallback_min_score=0.9, window_shift=2, window_min_score=0.97,
              consensus_inlier_px=1.5, consensus_rounds=5, passes=4, warp_min_windows=4,
              temporal_median=3, spike_px=1.0, boundary_weights=False, min_support=0.8,
-             flow_candidates=True, chunk_size=2048)
+             flow_candidates=True, direct_flow_candidates=False, flow_fallback=True,
+             chunk_size=2048)
 
 
 def test_config_defaults_are_the_tuned_values():

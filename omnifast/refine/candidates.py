@@ -8,11 +8,16 @@ directions. In every frame where it is refined its candidates, in order, are:
    wherever a frame is not refined), with the template warped, within ``config.search``;
 2. with flows: the previous frame's position moved on by the frame-to-frame optical flow
    (where that lies in the frame), same template and search;
-3. the wide search, where no earlier candidate was accepted: the model's prediction, the
+3. with direct positions: where another source (one optical flow from the query frame
+   straight to this frame) puts the window (where that lies in the frame), same template and
+   search;
+4. the wide search, where no earlier candidate was accepted: the model's prediction, the
    template unwarped, within ``config.fallback_search`` at ``config.fallback_min_score``.
 
 The merge rule: the first candidate sets each window's position, score and acceptance; a
 later candidate replaces them where it is accepted and the current one is not or scores less.
+Where none is accepted the window keeps the model's prediction, or, with flows and
+``config.flow_fallback``, the flow chain's position (where that lies in the frame).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from omnifast.pixels import bilinear
 from omnifast.refine.config import RefineConfig
 from omnifast.refine.frames import inside, sample
 from omnifast.refine.matching import match, normalise
@@ -79,7 +85,8 @@ def sweep_windows(frames: torch.Tensor, grads: torch.Tensor, q_xy: np.ndarray,
                   qt: np.ndarray, tracks: np.ndarray, occ: np.ndarray,
                   warps: np.ndarray | None, weights: np.ndarray | None, offsets: torch.Tensor,
                   config: RefineConfig,
-                  flows: tuple[torch.Tensor, torch.Tensor] | None = None
+                  flows: tuple[torch.Tensor, torch.Tensor] | None = None,
+                  direct: np.ndarray | None = None
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Refine M windows in every frame but their own, in both directions from it.
 
@@ -92,6 +99,7 @@ def sweep_windows(frames: torch.Tensor, grads: torch.Tensor, q_xy: np.ndarray,
         weights: template pixel weights (None: all 1). [M, T, P]
         offsets: the template's pixel grid. [P, 2]
         flows: (forward [T-1, 2, H, W]: frame t to t+1, backward: t+1 to t) or None.
+        direct: the windows' direct candidates in every frame. [M, T, 2] or None
 
     Returns:
         (positions [M, T, 2], score [M, T] (NaN where not searched), accepted [M, T] bool)
@@ -112,6 +120,7 @@ def sweep_windows(frames: torch.Tensor, grads: torch.Tensor, q_xy: np.ndarray,
     tmpl = normalise(tmpl_raw)
     trc = torch.from_numpy(np.ascontiguousarray(tracks, np.float32))
     jt = None if warps is None else torch.from_numpy(np.ascontiguousarray(warps, np.float32))
+    dxy = None if direct is None else torch.from_numpy(np.ascontiguousarray(direct, np.float32))
 
     for direction in (1, -1):
         # the model's candidate: the prediction plus the correction carried from the frame
@@ -150,12 +159,19 @@ def sweep_windows(frames: torch.Tensor, grads: torch.Tensor, q_xy: np.ndarray,
                 fc = chain[idx]
                 cands.append(Candidate(fc, pat_off, config.search, config.min_score,
                                        where=inside(fc, h, w)))
+            if dxy is not None:
+                dc = dxy[idx, t]
+                cands.append(Candidate(dc, pat_off, config.search, config.min_score,
+                                       where=inside(dc, h, w)))
             if config.fallback_search > 0:
                 cands.append(Candidate(pi, unwarped, config.fallback_search,
                                        config.fallback_min_score, fallback=True))
             newp, best_score, ok = match_candidates(frames[t], grads[t], tmpl_raw[idx], tm, sw,
                                                     cands, config)
-            refined = torch.where(ok[:, None], newp, trc[idx, t])
+            unmatched = trc[idx, t]
+            if flows is not None and config.flow_fallback:
+                unmatched = torch.where(inside(chain[idx], h, w)[:, None], chain[idx], unmatched)
+            refined = torch.where(ok[:, None], newp, unmatched)
             ix = idx.numpy()
             out[ix, t] = refined.numpy()
             score[ix, t] = best_score.numpy()
@@ -183,4 +199,35 @@ def frame_flows(video, preset: str = "medium") -> tuple[np.ndarray, np.ndarray]:
     return fwd, bwd
 
 
-__all__ = ["Candidate", "frame_flows", "match_candidates", "sweep_windows"]
+def direct_flow_positions(video, centres: np.ndarray, frames_of: np.ndarray,
+                          preset: str = "medium") -> np.ndarray:
+    """Where one DIS optical flow from each point's frame straight to every frame puts it:
+    the ``direct`` candidates of :func:`sweep_windows`. Costs (distinct frames in
+    ``frames_of``) x (T-1) flows at the video's resolution, one field in memory at a time.
+
+    Args:
+        video: the frames. [T, H, W, C] (as :func:`omnifast.data.flow.grey_frames` takes)
+        centres: (x, y) pixels. [M, 2]
+        frames_of: each point's frame. [M] int
+
+    Returns:
+        positions [M, T, 2] float32; the point itself in its own frame.
+    """
+    from omnifast.data.flow import grey_frames, pair_flow  # noqa: PLC0415
+
+    grey = grey_frames(video)
+    t_count = grey.shape[0]
+    xy = np.asarray(centres, np.float32).reshape(-1, 2)
+    out = np.repeat(xy[:, None], t_count, 1)
+    for s in np.unique(frames_of):
+        sel = np.flatnonzero(frames_of == s)
+        p = xy[sel]
+        for t in range(t_count):
+            if t != s:
+                field = pair_flow(grey[int(s)], grey[t], preset)
+                out[sel, t] = p + bilinear(field, p[:, 0], p[:, 1], border="clamp")
+    return out
+
+
+__all__ = ["Candidate", "direct_flow_positions", "frame_flows", "match_candidates",
+           "sweep_windows"]

@@ -62,6 +62,14 @@ class RefineConfig:
             model's position.
         flow_candidates: frame-to-frame optical flow (:func:`~omnifast.refine.frame_flows`)
             as a second candidate per frame.
+        direct_flow_candidates: one optical flow from each query frame straight to every
+            other frame (:func:`~omnifast.refine.candidates.direct_flow_positions`) as a
+            third candidate per frame.
+
+    Where nothing matches:
+        flow_fallback: with flows, a frame where no candidate is accepted takes the position
+            the frame-to-frame flow carries the point to from the frame before (where that
+            lies in the frame), not the model's prediction.
 
     Memory:
         chunk_size: windows (queries x windows per query) processed together.
@@ -89,6 +97,8 @@ class RefineConfig:
     boundary_weights: bool = False
     min_support: float = 0.8
     flow_candidates: bool = True
+    direct_flow_candidates: bool = False
+    flow_fallback: bool = True
     chunk_size: int = 2048
 
     def __post_init__(self) -> None:

@@ -52,7 +52,7 @@ def window_consensus(pos: np.ndarray, good: np.ndarray, shifts: np.ndarray,
 
 
 def place_points(pos: np.ndarray, score: np.ndarray, accepted: np.ndarray,
-                 predicted_offsets: np.ndarray, tracks: np.ndarray, shifts: np.ndarray,
+                 predicted_offsets: np.ndarray, shifts: np.ndarray,
                  config: RefineConfig
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
     """Where a query's windows put its point in each frame.
@@ -60,13 +60,13 @@ def place_points(pos: np.ndarray, score: np.ndarray, accepted: np.ndarray,
     With several windows: where at least two match closely (accepted, score >=
     ``config.window_min_score``) the point is where their fitted similarity transform puts
     the centre; where one does, that window moved back by its predicted offset; else the
-    centred window where it was accepted; else the prediction ``tracks``.
+    centred window's position ``pos`` (its match where accepted, else where the sweep left it:
+    the prediction or the flow's fallback).
 
     Args:
         pos, score, accepted: each window's match. [M, K, T, 2], [M, K, T] (NaN: not
             searched), [M, K, T] bool
         predicted_offsets: each window's predicted offset from the point. [M, K, T, 2]
-        tracks: the predicted points. [M, T, 2]
         shifts: the windows' offsets in the query frame. [K, 2]
 
     Returns:
@@ -74,7 +74,7 @@ def place_points(pos: np.ndarray, score: np.ndarray, accepted: np.ndarray,
         windows in each fit [M, T]; these two None with one window)
     """
     centre = shifts.shape[0] // 2
-    res = np.where(accepted[:, centre, :, None], pos[:, centre], tracks)
+    res = pos[:, centre]
     best_sc = score[:, centre]
     if shifts.shape[0] == 1:
         return res, best_sc, None, None

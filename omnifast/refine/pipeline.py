@@ -14,14 +14,14 @@ import numpy as np
 import torch
 
 from omnifast.queries import validate_queries
-from omnifast.refine.candidates import frame_flows, sweep_windows
+from omnifast.refine.candidates import direct_flow_positions, frame_flows, sweep_windows
 from omnifast.refine.config import RefineConfig
 from omnifast.refine.consensus import fill_nearest, place_points, similarity_part, suppress_spikes
 from omnifast.refine.frames import frames_tensor, gradients, inside, patch_offsets
 
 
 def refine_tracks(video, query_points, tracks, occluded=None, *, jacobians=None, weights=None,
-                  flows=None, config: RefineConfig | None = None
+                  flows=None, direct=None, config: RefineConfig | None = None
                   ) -> tuple[np.ndarray, np.ndarray]:
     """Correct predicted tracks by matching each query's template from its query frame.
 
@@ -54,15 +54,15 @@ def refine_tracks(video, query_points, tracks, occluded=None, *, jacobians=None,
         raise TypeError(f"config must be a RefineConfig, got {type(config).__name__}")
     frames = frames_tensor(video)
     t_count, _, h, w = frames.shape
-    q, tr, occ, warps, wts, flow_t = _check_inputs(t_count, h, w, query_points, tracks,
-                                                   occluded, jacobians, weights, flows, config)
+    q, tr, occ, warps, wts, flow_t, direct = _check_inputs(
+        t_count, h, w, query_points, tracks, occluded, jacobians, weights, flows, direct, config)
     n = q.shape[0]
     out = tr.copy()
     score = np.full((n, t_count), np.nan, np.float32)
     if n == 0:
         return out, score
     qt = q[:, 0].astype(np.int64)  # whole frame indices (validate_queries)
-    inp = _Inputs(frames, gradients(frames), q, qt, tr, occ, wts, flow_t)
+    inp = _Inputs(frames, gradients(frames), q, qt, tr, occ, wts, flow_t, direct)
 
     # the windows: centred on the point, and (window_shift > 0) the 8 around it
     shifts = (patch_offsets(1) * float(config.window_shift) if config.window_shift > 0
@@ -88,7 +88,8 @@ def refine_fitted_tracks(model, video, query_points, tracks, *, flows=None,
     Jacobians, every frame is refined (also those the model calls occluded: a short fit calls
     some visible frames occluded), with ``config.boundary_weights`` the model's template
     weights restrict the match, with ``config.flow_candidates`` the video's frame-to-frame
-    flow gives a second candidate.
+    flow gives a second candidate, with ``config.direct_flow_candidates`` one flow from each
+    query frame straight to every frame a third (``(query frames) x (T-1)`` more flows).
 
     Args:
         model: a fitted tracker: ``local_jacobians(query_points)`` ([N, T, 2, 2]) and, with
@@ -116,8 +117,12 @@ def refine_fitted_tracks(model, video, query_points, tracks, *, flows=None,
         weights = model.template_weights(query_points, tracks, jac, radius=config.radius, **kw)
     if flows is None and config.flow_candidates and n:
         flows = frame_flows(video)
+    direct = None
+    if config.direct_flow_candidates and n:
+        q = validate_queries(query_points, len(video))
+        direct = direct_flow_positions(video, q[:, [2, 1]], q[:, 0].astype(np.int64))
     refined, _ = refine_tracks(video, query_points, tracks, None, jacobians=jac,
-                               weights=weights, flows=flows, config=config)
+                               weights=weights, flows=flows, direct=direct, config=config)
     return refined
 
 
@@ -133,6 +138,7 @@ class _Inputs:
     occluded: np.ndarray  # [N, T] bool: frames not refined
     weights: np.ndarray | None  # [N, T, P] float32 template weights
     flows: tuple[torch.Tensor, torch.Tensor] | None  # each [T-1, 2, H, W]
+    direct: np.ndarray | None  # [N, T, 2] float32 the queries' direct candidates
 
 
 def _one_pass(inp: _Inputs, warps: np.ndarray, warp_given: bool, shifts: torch.Tensor,
@@ -166,14 +172,15 @@ def _one_pass(inp: _Inputs, warps: np.ndarray, warp_given: bool, shifts: torch.T
         pos, sc, acc = sweep_windows(
             inp.frames, inp.grads, qx[ii, kk], qt[sl][ii], pred[ii, kk], occ[sl][ii],
             warps[sl][ii] if warp_given else None,
-            None if weights is None else weights[sl][ii], offsets, config, inp.flows)
+            None if weights is None else weights[sl][ii], offsets, config, inp.flows,
+            None if inp.direct is None else (inp.direct[sl][:, None] + js)[ii, kk])
         pos_all = np.zeros((m, num_win, t_count, 2), np.float32)
         pos_all[ii, kk] = pos
         sc_all = np.full((m, num_win, t_count), np.nan, np.float32)
         sc_all[ii, kk] = sc
         acc_all = np.zeros((m, num_win, t_count), bool)
         acc_all[ii, kk] = acc
-        out[sl], score[sl], lin, count = place_points(pos_all, sc_all, acc_all, js, tr[sl], sh,
+        out[sl], score[sl], lin, count = place_points(pos_all, sc_all, acc_all, js, sh,
                                                       config)
         if lin is not None:
             lin_all[sl], count_all[sl] = lin, count
@@ -181,10 +188,11 @@ def _one_pass(inp: _Inputs, warps: np.ndarray, warp_given: bool, shifts: torch.T
 
 
 def _check_inputs(t_count, h, w, query_points, tracks, occluded, jacobians, weights, flows,
-                  config):
+                  direct, config):
     """The inputs as arrays of the documented shapes (ValueError where they are not):
     (q [N, 3] float64, tracks float32, occluded bool, warps (the first pass's, or None),
-    weights float32 or None, flows as two [T-1, 2, H, W] tensors or None)."""
+    weights float32 or None, flows as two [T-1, 2, H, W] tensors or None, direct float32 or
+    None)."""
     q = validate_queries(query_points, t_count)
     tr = np.asarray(tracks, np.float32)
     n = q.shape[0]
@@ -228,7 +236,14 @@ def _check_inputs(t_count, h, w, query_points, tracks, occluded, jacobians, weig
                 raise ValueError(f"{name} flows must be finite")
             flow_t.append(torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2))
         flow_t = tuple(flow_t)
-    return q, tr, occ, warps, wts, flow_t
+    if direct is not None:
+        direct = np.asarray(direct, np.float32)
+        if direct.shape != (n, t_count, 2):
+            raise ValueError(f"direct must be [N, T, 2] = [{n}, {t_count}, 2], "
+                             f"got {list(direct.shape)}")
+        if not np.isfinite(direct).all():
+            raise ValueError("direct positions must be finite")
+    return q, tr, occ, warps, wts, flow_t, direct
 
 
 __all__ = ["refine_fitted_tracks", "refine_tracks"]
