@@ -50,9 +50,7 @@ def main() -> None:
             continue
         tracker = load_tracker(path)
         masked = read_masked_clip(a.data, clip, max_side=max(tracker.height, tracker.width))
-        queries, _ = mask_grid_queries(masked.masks, spacing=8)
-        t, y, x = (queries[:, i].astype(int) for i in range(3))
-        on_object = masked.masks[t, y, x] > 0
+        queries, on_object = mask_grid_queries(masked.masks, spacing=8)
         keep = on_object | (np.arange(len(queries)) % a.bg_every == 0)
         queries = queries[keep]
         tracks, occluded = tracker.track(queries)
