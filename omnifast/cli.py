@@ -116,6 +116,8 @@ def cmd_track(args: argparse.Namespace) -> int:
 
     from omnifast.api import load_tracker  # noqa: PLC0415
 
+    if args.refine_direct and args.refine is None:
+        raise ValueError("--refine-direct needs --refine VIDEO")
     qpath = Path(args.queries)
     if not qpath.exists():
         raise FileNotFoundError(f"no such query file: {qpath}")
@@ -132,7 +134,8 @@ def cmd_track(args: argparse.Namespace) -> int:
         from omnifast.data.video import load_video  # noqa: PLC0415
 
         video = load_video(args.refine, max_side=max(tracker.height, tracker.width))
-        tracks, occluded = tracker.track_refined(queries, video)
+        tracks, occluded = tracker.track_refined(
+            queries, video, direct_flow_candidates=args.refine_direct)
     else:
         tracks, occluded = tracker.track(queries)
     from omnifast.api import save_tracks  # noqa: PLC0415
@@ -274,6 +277,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--refine", default=None, metavar="VIDEO",
                    help="refine the positions against the fitted clip (the same video or "
                         "frames): template matching from each query's frame")
+    p.add_argument("--refine-direct", action="store_true", dest="refine_direct",
+                   help="with --refine, also follow one optical flow from each query's frame "
+                        "straight to every frame (helps where objects pass behind others; "
+                        "costs (query frames) x (frames - 1) flows)")
     p.set_defaults(func=cmd_track)
 
     p = sub.add_parser("info", help="versions, available backends and build flags")

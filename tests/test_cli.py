@@ -112,6 +112,25 @@ def test_track_command_refined(fitted, capsys, tmp_path):
     assert not (tmp_path / "r2.npz").exists()
 
 
+def test_track_command_refined_direct(fitted, capsys, tmp_path):
+    root, out = fitted
+    clip = make_clip()
+    q = np.array([[0, 10, 12], [2, 20.5, 25]], np.float32)
+    np.save(tmp_path / "q.npy", q)
+    code, _, _ = run_cli(["track", out, "--queries", tmp_path / "q.npy", "--out",
+                          tmp_path / "r.npz", "--refine", root / "clip", "--refine-direct"],
+                         capsys)
+    assert code == 0
+    tracker = omnifast.load_tracker(out / "tracker.pt")
+    expect, _ = tracker.track_refined(q, clip, direct_flow_candidates=True)
+    np.testing.assert_array_equal(np.load(tmp_path / "r.npz")["tracks"], expect)
+    # without a video to refine against the option is refused before anything is tracked
+    code, _, err = run_cli(["track", out, "--queries", tmp_path / "q.npy", "--out",
+                            tmp_path / "r2.npz", "--refine-direct"], capsys)
+    assert_one_line_error(code, err, "--refine")
+    assert not (tmp_path / "r2.npz").exists()
+
+
 @pytest.mark.parametrize("queries, match", [
     (np.zeros((5, 2), np.float32), "[N, 3]"),
     (np.array([[T, 1, 1]], np.float32), "outside the video"),
