@@ -234,6 +234,19 @@ def test_baselines_follow_a_translation(fn):
     assert not occ.any()
 
 
+def test_still_baseline_keeps_every_query_where_it_is():
+    from omnifast.eval.baselines import BASELINES, FLOW_BASELINES, check_baselines
+
+    video = _translating_video(t=4)
+    qp = np.array([[0, 20, 20.5], [3, 15.25, 24], [1, 0, 0]], float)
+    tr, occ = BASELINES["still"](video, qp)
+    assert tr.shape == (3, 4, 2) and occ.shape == (3, 4) and not occ.any()
+    np.testing.assert_array_equal(tr, np.repeat(qp[:, None, [2, 1]], 4, axis=1))
+    assert "still" not in FLOW_BASELINES  # scored only when asked for
+    with pytest.raises(ValueError, match="unknown baseline 'nope'; choose from"):
+        check_baselines(["chained_flow", "nope"])
+
+
 def test_chained_flow_on_synthetic_clips():
     from omnifast.datasets.synthetic import generate_clip
     from omnifast.eval.metrics import evaluate_tracks

@@ -239,6 +239,19 @@ def test_eval_masks_suite_scores_every_method(tmp_path, capsys, monkeypatch):
                  "--out", str(tmp_path / "o4")]) == 0
     only = json.loads((tmp_path / "o4" / "mask_results.json").read_text())["clips"]["square"]
     assert set(only) == {"chained_flow", "direct_flow"}
+    # the points that never move, scored when asked for: the square moves right, so its
+    # frame-0 queries fall off it (the still points do not follow) and the background stays
+    assert main(["eval", "--suite", "masks", *data, "--baselines-only", "--baselines", "still",
+                 "--out", str(tmp_path / "o6")]) == 0
+    still = json.loads((tmp_path / "o6" / "mask_results.json").read_text())["clips"]["square"]
+    assert set(still) == {"still"}
+    assert still["still"]["fg_kept"] < res["chained_flow"]["fg_kept"]
+    assert still["still"]["bg_kept"] > 0.9
+    # a misspelt baseline stops before anything is fitted or written
+    assert main(["eval", "--suite", "masks", *data, "--baselines", "chained",
+                 "--out", str(tmp_path / "o7")]) == 2
+    assert "unknown baseline 'chained'" in capsys.readouterr().err
+    assert not (tmp_path / "o7").exists()
     assert main(["eval", "--suite", "masks", *data, "--load", str(tmp_path / "nowhere"),
                  "--out", str(tmp_path / "o5")]) == 2
     assert "no tracker for clip square" in capsys.readouterr().err

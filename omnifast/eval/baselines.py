@@ -13,6 +13,10 @@ flow b (sampled at the forward target) is inconsistent, hence occluded, when
 * :func:`direct_flow_baseline` computes the flow from the query frame straight to every other
   frame: no drift, but large displacements and appearance changes defeat it.
 
+:func:`still_baseline` is no tracker: every point stays where it was queried. It is the floor
+that shows what a score gives for not moving (on the mask check, a still point keeps the
+background's side wherever the camera holds still).
+
 Positions that leave the frame (:func:`omnifast.pixels.in_frame`, the rule omnifast and the
 ground truth use too) are marked occluded.
 """
@@ -150,9 +154,36 @@ def direct_flow_baseline(video: np.ndarray, query_points: np.ndarray, *,
     return tracks, occluded
 
 
+def still_baseline(video: np.ndarray, query_points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every query stays at its query position in every frame, always visible.
+
+    Args:
+        video: RGB frames (only their number is used). [T, H, W, 3]
+        query_points: (t, y, x). [N, 3]
+
+    Returns:
+        (tracks [N, T, 2] float64 (x, y), occluded [N, T] bool, all False)
+    """
+    t_count = _grey(video).shape[0]
+    qp = validate_queries(query_points, t_count)
+    tracks = np.repeat(qp[:, None, [2, 1]], t_count, axis=1)
+    return tracks, np.zeros(tracks.shape[:2], dtype=bool)
+
+
 BASELINES = {
     "chained_flow": chained_flow_baseline,
     "direct_flow": direct_flow_baseline,
+    "still": still_baseline,
 }
+#: the baselines scored unless others are asked for
+FLOW_BASELINES = ("chained_flow", "direct_flow")
 
-__all__ = ["BASELINES", "chained_flow_baseline", "direct_flow_baseline"]
+
+def check_baselines(names) -> None:
+    """Raise ``ValueError`` naming the choices if any of ``names`` is not a baseline."""
+    for name in names:
+        if name not in BASELINES:
+            raise ValueError(f"unknown baseline {name!r}; choose from {sorted(BASELINES)}")
+
+__all__ = ["BASELINES", "FLOW_BASELINES", "chained_flow_baseline", "check_baselines",
+           "direct_flow_baseline", "still_baseline"]

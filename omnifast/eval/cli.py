@@ -54,7 +54,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="load fitted trackers instead of fitting: a folder with "
                         "<clip>/tracker.pt (e.g. an earlier --out), or one tracker file")
     p.add_argument("--baselines", default="chained_flow,direct_flow",
-                   help="comma-separated baselines (chained_flow, direct_flow; '' for none)")
+                   help="comma-separated baselines (chained_flow, direct_flow, still: points "
+                        "that never move; '' for none)")
     p.add_argument("--baselines-only", action="store_true", help="do not fit omnifast")
     p.add_argument("--exact-motion", action="store_true",
                    help="synthetic suite only: fit on the exact pairwise motion instead of "
@@ -123,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
                                 baselines=baselines, skip_omnifast=args.baselines_only,
                                 device=args.device, progress=not args.no_progress,
                                 refine=not args.no_refine)
-        except FileNotFoundError as e:
+        except (ValueError, FileNotFoundError) as e:
             print(f"omnifast eval: {e}", file=sys.stderr)
             return 2
         print(res["table"])

@@ -303,9 +303,11 @@ def run_mask_eval(clips, out_dir: str | os.PathLike, *, spacing: int = 8,
     """
     import json  # noqa: PLC0415
 
+    from omnifast.eval.baselines import check_baselines  # noqa: PLC0415
     from omnifast.eval.run import EvalClip, evaluate_clip, find_tracker  # noqa: PLC0415
     from omnifast.files import atomic_write  # noqa: PLC0415
 
+    check_baselines(baselines)
     out = Path(out_dir)
     per_clip: dict[str, dict[str, dict]] = {}
     for masked in clips:

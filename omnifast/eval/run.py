@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from omnifast.eval.baselines import BASELINES
+from omnifast.eval.baselines import BASELINES, FLOW_BASELINES, check_baselines
 from omnifast.eval.metrics import THRESHOLDS, evaluate_tracks
 from omnifast.files import atomic_write
 from omnifast.runtime import flushes_subnormals
@@ -383,7 +383,7 @@ def score_tracks(clip: EvalClip, tracks: np.ndarray, occluded: np.ndarray) -> di
 @flushes_subnormals
 def evaluate_clip(clip: EvalClip, *, preset: str = "cpu", iters: int | None = None,
                   seed: int = 0, out_dir: Path | None = None,
-                  load: Path | None = None, baselines: Sequence[str] = tuple(BASELINES),
+                  load: Path | None = None, baselines: Sequence[str] = FLOW_BASELINES,
                   skip_omnifast: bool = False, device: str | None = None,
                   progress: bool = True, quiet: bool = False, exact_motion: bool = False,
                   refine: bool = True, score: Callable | None = None
@@ -473,7 +473,7 @@ def find_tracker(load: str | os.PathLike | None, clip_name: str) -> Path | None:
 @flushes_subnormals
 def run_eval(clips: Sequence[EvalClip], out_dir: str | os.PathLike, *, preset: str = "cpu",
              iters: int | None = None, seed: int = 0,
-             load: str | os.PathLike | None = None, baselines: Sequence[str] = tuple(BASELINES),
+             load: str | os.PathLike | None = None, baselines: Sequence[str] = FLOW_BASELINES,
              skip_omnifast: bool = False, device: str | None = None, write_videos: bool = True,
              progress: bool = True, quiet: bool = False, exact_motion: bool = False,
              refine: bool = True) -> dict:
@@ -505,9 +505,7 @@ def run_eval(clips: Sequence[EvalClip], out_dir: str | os.PathLike, *, preset: s
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for b in baselines:
-        if b not in BASELINES:
-            raise ValueError(f"unknown baseline {b!r}; choose from {sorted(BASELINES)}")
+    check_baselines(baselines)
     per_clip: dict[str, dict] = {}
     wall0 = time.perf_counter()
     for clip in clips:
