@@ -90,45 +90,40 @@ def test_track_command(fitted, capsys, tmp_path):
     np.testing.assert_allclose(r["tracks"], tracks)
 
 
-def test_track_command_refined(fitted, capsys, tmp_path):
+@pytest.mark.parametrize("direct", [False, True])
+def test_track_command_refined(fitted, capsys, tmp_path, direct):
     root, out = fitted
     clip = make_clip()
     q = np.array([[0, 10, 12], [2, 20.5, 25]], np.float32)
     np.save(tmp_path / "q.npy", q)
+    extra = ["--refine-direct"] if direct else []
     code, stdout, _ = run_cli(["track", out, "--queries", tmp_path / "q.npy", "--out",
-                               tmp_path / "r.npz", "--refine", root / "clip"], capsys)
+                               tmp_path / "r.npz", "--refine", root / "clip", *extra], capsys)
     assert code == 0 and "tracked 2 points" in stdout
     r = np.load(tmp_path / "r.npz")
     tracker = omnifast.load_tracker(out / "tracker.pt")
-    expect, occ = tracker.track_refined(q, clip)
+    expect, occ = tracker.track_refined(q, clip, direct_flow_candidates=direct)
     # the command takes Tracker.track_refined's path: the same tracks, bit for bit
     np.testing.assert_array_equal(r["tracks"], expect)
     assert (r["occluded"] == occ).all()
-    # a video that is not the fitted clip is refused with one line
-    write_frames(tmp_path / "short", clip[:2])
-    code, _, err = run_cli(["track", out, "--queries", tmp_path / "q.npy", "--out",
-                            tmp_path / "r2.npz", "--refine", tmp_path / "short"], capsys)
-    assert_one_line_error(code, err, "fitted clip")
-    assert not (tmp_path / "r2.npz").exists()
 
 
-def test_track_command_refined_direct(fitted, capsys, tmp_path):
-    root, out = fitted
-    clip = make_clip()
-    q = np.array([[0, 10, 12], [2, 20.5, 25]], np.float32)
-    np.save(tmp_path / "q.npy", q)
-    code, _, _ = run_cli(["track", out, "--queries", tmp_path / "q.npy", "--out",
-                          tmp_path / "r.npz", "--refine", root / "clip", "--refine-direct"],
-                         capsys)
-    assert code == 0
-    tracker = omnifast.load_tracker(out / "tracker.pt")
-    expect, _ = tracker.track_refined(q, clip, direct_flow_candidates=True)
-    np.testing.assert_array_equal(np.load(tmp_path / "r.npz")["tracks"], expect)
-    # without a video to refine against the option is refused before anything is tracked
+@pytest.mark.parametrize("refine, match", [
+    ("short", "fitted clip"),  # a video that is not the fitted clip
+    (None, "--refine"),  # --refine-direct with no video to refine against
+])
+def test_track_command_refine_refusals(fitted, capsys, tmp_path, refine, match):
+    _, out = fitted
+    np.save(tmp_path / "q.npy", np.array([[0, 10, 12]], np.float32))
+    if refine is None:
+        extra = ["--refine-direct"]
+    else:
+        write_frames(tmp_path / refine, make_clip()[:2])
+        extra = ["--refine", tmp_path / refine]
     code, _, err = run_cli(["track", out, "--queries", tmp_path / "q.npy", "--out",
-                            tmp_path / "r2.npz", "--refine-direct"], capsys)
-    assert_one_line_error(code, err, "--refine")
-    assert not (tmp_path / "r2.npz").exists()
+                            tmp_path / "r.npz", *extra], capsys)
+    assert_one_line_error(code, err, match)
+    assert not (tmp_path / "r.npz").exists()
 
 
 @pytest.mark.parametrize("queries, match", [
