@@ -235,6 +235,18 @@ def test_eval_masks_suite_scores_every_method(tmp_path, capsys, monkeypatch):
     assert set(again) == {"omnifast"}
     scores = [*METRICS, "fg_queries", "bg_queries"]
     assert [again["omnifast"][k] for k in scores] == [res["omnifast"][k] for k in scores]
+    # --refine-direct refines as Tracker.track_refined(direct_flow_candidates=True) does
+    assert main(["eval", "--suite", "masks", *data, "--load", str(tmp_path / "out"),
+                 "--refine-direct", "--baselines", "", "--out", str(tmp_path / "o8")]) == 0
+    direct = json.loads((tmp_path / "o8" / "mask_results.json").read_text())["clips"]["square"]
+    tracker = omnifast.load_tracker(tmp_path / "out" / "square" / "fit" / "tracker.pt")
+    queries, _ = mask_grid_queries(masks, spacing=4)
+    tracks, occluded = tracker.track_refined(queries, video, direct_flow_candidates=True)
+    expect = mask_check(video, masks, queries, tracks, occluded)
+    assert [direct["omnifast_refined"][k] for k in scores] == [expect[k] for k in scores]
+    assert main(["eval", "--suite", "masks", *data, "--load", str(tmp_path / "out"),
+                 "--refine-direct", "--no-refine", "--out", str(tmp_path / "o9")]) == 2
+    assert "exclude each other" in capsys.readouterr().err
     assert main(["eval", "--suite", "masks", *data, "--baselines-only",
                  "--out", str(tmp_path / "o4")]) == 0
     only = json.loads((tmp_path / "o4" / "mask_results.json").read_text())["clips"]["square"]

@@ -65,6 +65,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-video", action="store_true", help="skip the comparison videos")
     p.add_argument("--no-refine", action="store_true",
                    help="do not score the appearance-refined tracks (omnifast_refined)")
+    p.add_argument("--refine-direct", action="store_true", dest="refine_direct",
+                   help="refine with the direct optical flow from each query's frame as a "
+                        "further candidate (as `omnifast track --refine-direct`)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -115,6 +118,14 @@ def run(args: argparse.Namespace) -> int:
         print("omnifast eval: no clips to evaluate", file=sys.stderr)
         return 2
     baselines = [b.strip() for b in args.baselines.split(",") if b.strip()]
+    if args.refine_direct and args.no_refine:
+        print("omnifast eval: --refine-direct and --no-refine exclude each other", file=sys.stderr)
+        return 2
+    refine = not args.no_refine
+    if args.refine_direct:
+        from omnifast.refine import RefineConfig  # noqa: PLC0415
+
+        refine = RefineConfig(direct_flow_candidates=True)
     if args.suite == "masks":
         from omnifast.eval.masks import run_mask_eval  # noqa: PLC0415
 
@@ -123,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
                                 iters=args.iters, seed=args.seed, load=args.load,
                                 baselines=baselines, skip_omnifast=args.baselines_only,
                                 device=args.device, progress=not args.no_progress,
-                                refine=not args.no_refine)
+                                refine=refine)
         except (ValueError, FileNotFoundError) as e:
             print(f"omnifast eval: {e}", file=sys.stderr)
             return 2
@@ -135,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
                        load=args.load, baselines=baselines, skip_omnifast=args.baselines_only,
                        device=args.device, write_videos=not args.no_video,
                        progress=not args.no_progress, exact_motion=args.exact_motion,
-                       refine=not args.no_refine)
+                       refine=refine)
     except (ValueError, FileNotFoundError) as e:
         print(f"omnifast eval: {e}", file=sys.stderr)
         return 2

@@ -289,11 +289,12 @@ def run_mask_eval(clips, out_dir: str | os.PathLike, *, spacing: int = 8,
                   preset: str = "cpu", iters: int | None = None, seed: int = 0,
                   load: str | os.PathLike | None = None, baselines=("chained_flow",),
                   skip_omnifast: bool = False, device: str | None = None,
-                  progress: bool = True, quiet: bool = False, refine: bool = True) -> dict:
+                  progress: bool = True, quiet: bool = False, refine=True) -> dict:
     """Fit omnifast on each :class:`MaskedClip` (or load its tracker from ``load``, as
     :func:`omnifast.eval.run.find_tracker` finds it; ``skip_omnifast``: neither), track a grid
-    of queries on its first and middle frames (:func:`mask_grid_queries`), refine them, run the
-    flow baselines on the same queries, and score every method with :func:`mask_check`.
+    of queries on its first and middle frames (:func:`mask_grid_queries`), refine them
+    (``refine``: as :func:`omnifast.eval.run.evaluate_clip` takes it), run the flow baselines
+    on the same queries, and score every method with :func:`mask_check`.
 
     Writes ``out_dir/mask_results.json``, ``out_dir/mask_results.md`` and, per clip,
     ``out_dir/<clip>/contact_sheet.png`` (:func:`mask_contact_sheet`).

@@ -3,6 +3,7 @@ queries, score omnifast and the flow baselines, and write the table, JSON, chart
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -386,7 +387,7 @@ def evaluate_clip(clip: EvalClip, *, preset: str = "cpu", iters: int | None = No
                   load: Path | None = None, baselines: Sequence[str] = FLOW_BASELINES,
                   skip_omnifast: bool = False, device: str | None = None,
                   progress: bool = True, quiet: bool = False, exact_motion: bool = False,
-                  refine: bool = True, score: Callable | None = None
+                  refine=True, score: Callable | None = None
                   ) -> tuple[dict, dict[str, tuple[np.ndarray, np.ndarray]]]:
     """Score omnifast and the baselines on one clip.
 
@@ -395,8 +396,9 @@ def evaluate_clip(clip: EvalClip, *, preset: str = "cpu", iters: int | None = No
 
     With ``refine`` (and a tracker that has ``local_jacobians``, as fitted trackers do) the
     fitted tracks are also refined against the video as ``Tracker.track_refined`` refines
-    them (:func:`omnifast.refine.refine_fitted_tracks`, default settings) and scored as a
-    second method, ``omnifast_refined``.
+    them (:func:`omnifast.refine.refine_fitted_tracks`; ``refine`` is True for the default
+    settings or a :class:`omnifast.refine.RefineConfig`) and scored as a second method,
+    ``omnifast_refined``.
 
     Returns:
         (per-method results {method: metrics + timings}, predictions {method: (tracks, occ)})
@@ -435,7 +437,8 @@ def evaluate_clip(clip: EvalClip, *, preset: str = "cpu", iters: int | None = No
 
             t2 = time.perf_counter()
             # the path of Tracker.track_refined, from the tracks just scored
-            rtr = refine_fitted_tracks(tracker, clip.video, clip.query_points, tr)
+            config = None if isinstance(refine, bool) else refine
+            rtr = refine_fitted_tracks(tracker, clip.video, clip.query_points, tr, config=config)
             rtr = np.asarray(rtr, np.float64)
             refine_s = time.perf_counter() - t2
             rres = score(clip, rtr, occ)
@@ -476,7 +479,7 @@ def run_eval(clips: Sequence[EvalClip], out_dir: str | os.PathLike, *, preset: s
              load: str | os.PathLike | None = None, baselines: Sequence[str] = FLOW_BASELINES,
              skip_omnifast: bool = False, device: str | None = None, write_videos: bool = True,
              progress: bool = True, quiet: bool = False, exact_motion: bool = False,
-             refine: bool = True) -> dict:
+             refine=True) -> dict:
     """Evaluate every clip, print the table and write ``results.json``, ``quality_bars.png``,
     ``threshold_curves.png`` and ``<clip>/compare.mp4`` under ``out_dir``.
 
@@ -497,7 +500,7 @@ def run_eval(clips: Sequence[EvalClip], out_dir: str | os.PathLike, *, preset: s
         exact_motion: fit on the synthetic clips' exact pairwise motion instead of optical
             flow (a diagnostic: what the model reaches with perfect supervision).
         refine: also score the refined tracks (``omnifast_refined``, see
-            :func:`evaluate_clip`).
+            :func:`evaluate_clip`): True, False or a :class:`omnifast.refine.RefineConfig`.
 
     Returns:
         The results dict that is also written as JSON: ``config``, ``clips`` (per clip, per
@@ -533,7 +536,8 @@ def run_eval(clips: Sequence[EvalClip], out_dir: str | os.PathLike, *, preset: s
         "config": {"preset": preset, "iters": iters, "seed": seed,
                    "motion": "exact" if exact_motion else "optical flow",
                    "baselines": list(baselines), "omnifast": not skip_omnifast,
-                   "loaded_from": None if load is None else str(load), "refine": refine,
+                   "loaded_from": None if load is None else str(load),
+                   "refine": refine if isinstance(refine, bool) else dataclasses.asdict(refine),
                    "wall_seconds": time.perf_counter() - wall0,
                    "threads": _threads()},
         "clips": per_clip,
