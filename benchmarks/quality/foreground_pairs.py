@@ -59,6 +59,27 @@ def valid_fractions(entry: Path, masks: np.ndarray) -> dict[int, tuple[float, fl
     return out
 
 
+def add_clip_fit_arguments(ap: argparse.ArgumentParser) -> None:
+    """The arguments of the studies that fit one masked clip: the clip, ``--data``, ``--out``,
+    ``--frames`` and ``--cache``."""
+    ap.add_argument("clip")
+    ap.add_argument("--data", type=Path, default=Path("../shared/real-clips/DAVIS"))
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--frames", type=int, default=None, help="keep the first N frames")
+    ap.add_argument("--cache", type=Path, default=None, help="a motion cache to reuse")
+
+
+def reuse_motion_cache(fit_dir: Path, cache: Path | None) -> None:
+    """Link ``cache`` (a motion cache of the same frames) where the fit in ``fit_dir`` looks
+    for its motion; nothing when ``cache`` is None."""
+    if cache is None:
+        return
+    fit_dir.mkdir(parents=True, exist_ok=True)
+    link = fit_dir / "motion-cache"
+    if not link.exists():
+        link.symlink_to(cache.resolve(), target_is_directory=True)
+
+
 def eval_out_arguments(description: str) -> argparse.Namespace:
     """The command line of the real-clip studies: EVAL_OUT, ``--data``, ``--clips``."""
     ap = argparse.ArgumentParser(description=description)

@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from foreground_fit import layer_depths
-from foreground_pairs import fit_folder
+from foreground_pairs import add_clip_fit_arguments, fit_folder, reuse_motion_cache
 from preset_experiment import changed_cpu_preset
 
 import omnifast
@@ -28,11 +27,7 @@ from omnifast.eval.masks import MaskedClip, read_masked_clip, run_mask_eval
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("clip")
-    ap.add_argument("--data", type=Path, default=Path("../shared/real-clips/DAVIS"))
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--frames", type=int, default=None, help="keep the first N frames")
-    ap.add_argument("--cache", type=Path, default=None, help="a motion cache to reuse")
+    add_clip_fit_arguments(ap)
     ap.add_argument("--baselines", default="", help="comma-separated flow baselines to score")
     ap.add_argument("--set", nargs="*", default=[], help="TrainConfig fields, key=value")
     ap.add_argument("--mset", nargs="*", default=[], help="ModelConfig fields, key=value")
@@ -42,11 +37,7 @@ def main() -> None:
     if a.frames is not None:
         masked = MaskedClip(f"{a.clip}{a.frames}", masked.video, masked.masks)
     fit_dir = fit_folder(a.out, masked.name)
-    if a.cache is not None:  # the fit looks for its motion in out_dir/motion-cache
-        fit_dir.mkdir(parents=True, exist_ok=True)
-        link = fit_dir / "motion-cache"
-        if not link.exists():
-            link.symlink_to(a.cache.resolve(), target_is_directory=True)
+    reuse_motion_cache(fit_dir, a.cache)
     baselines = [b for b in a.baselines.split(",") if b]
     res = run_mask_eval([masked], a.out / masked.name, preset=preset, baselines=baselines,
                         progress=False, quiet=True, refine=False)
