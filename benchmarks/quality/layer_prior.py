@@ -23,12 +23,13 @@ fitted model's errors on its adjacent training flows (``foreground_fit.self_fit`
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
 from foreground_fit import layer_depths, self_fit
-from foreground_pairs import add_clip_fit_arguments, fit_folder, reuse_motion_cache
+from foreground_pairs import add_clip_fit_arguments, cache_entry, fit_folder, reuse_motion_cache
 
 import omnifast
 import omnifast.train.losses as losses
@@ -105,6 +106,13 @@ def add_layer_prior(labels: np.ndarray, weight: float, until: int) -> None:
     losses.compute_losses, losses.step_losses = counting, with_prior
 
 
+def cached_motion(out: Path, clip: str) -> tuple[np.ndarray, np.ndarray]:
+    """The flows [T, T, H, W, 2] and cycle flags [T, T, H, W] of the fit's motion cache."""
+    entry = cache_entry(out, clip)
+    return (np.load(entry / "flows.npy", mmap_mode="r"),
+            np.load(entry / "cycle.npy", mmap_mode="r"))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_clip_fit_arguments(ap)
@@ -116,15 +124,10 @@ def main() -> None:
     masked = read_masked_clip(a.data, a.clip, max_side=256, max_frames=a.frames)
     fit_dir = fit_folder(a.out, masked.name)
     reuse_motion_cache(fit_dir, a.cache)
-    entries = sorted((fit_dir / "motion-cache").glob("motion-*"))
-    if a.labels == "flow" and not entries:
+    if a.labels == "flow" and cache_entry(a.out, masked.name) is None:
         raise SystemExit("--labels flow needs --cache: a motion cache of the same frames")
-    flows = cycle = None
-    if entries:
-        flows = np.load(entries[0] / "flows.npy", mmap_mode="r")
-        cycle = np.load(entries[0] / "cycle.npy", mmap_mode="r")
     labels = (np.asarray(masked.masks) if a.labels == "masks"
-              else motion_masks(flows, cycle, a.threshold))
+              else motion_masks(*cached_motion(a.out, masked.name), a.threshold))
     print(f"labelled moving: {labels.mean():.3f} of the pixels (the object: "
           f"{np.asarray(masked.masks).mean():.3f})", flush=True)
     add_layer_prior(labels, a.weight, a.until)
@@ -134,9 +137,7 @@ def main() -> None:
     tracker = omnifast.load_tracker(fit_dir / "tracker.pt")
     print("depth on / off the object: {:.2f} / {:.2f}".format(*layer_depths(tracker,
                                                                             masked.masks)))
-    entries = sorted((fit_dir / "motion-cache").glob("motion-*"))
-    flows = np.load(entries[0] / "flows.npy", mmap_mode="r")
-    cycle = np.load(entries[0] / "cycle.npy", mmap_mode="r")
+    flows, cycle = cached_motion(a.out, masked.name)
     for gap in (1, 3, 10):
         r = self_fit(tracker, flows, cycle, np.asarray(masked.masks), gap)
         print(f"d = {gap}: error / flow on the object {r['fg'][0]:.2f} / {r['fg'][1]:.2f} px, "

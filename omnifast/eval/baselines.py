@@ -31,11 +31,15 @@ from omnifast.pixels import bilinear, in_frame
 from omnifast.queries import validate_queries
 
 
-def _grey(video: np.ndarray) -> np.ndarray:
+def _rgb(video: np.ndarray) -> np.ndarray:
     video = np.asarray(video)
     if video.ndim != 4 or video.shape[-1] != 3:
         raise ValueError(f"video must be [T, H, W, 3] RGB, got {video.shape}")
-    return grey_frames(video)
+    return video
+
+
+def _grey(video: np.ndarray) -> np.ndarray:
+    return grey_frames(_rgb(video))
 
 
 class _Flow:
@@ -164,7 +168,7 @@ def still_baseline(video: np.ndarray, query_points: np.ndarray) -> tuple[np.ndar
     Returns:
         (tracks [N, T, 2] float64 (x, y), occluded [N, T] bool, all False)
     """
-    t_count = _grey(video).shape[0]
+    t_count = _rgb(video).shape[0]
     qp = validate_queries(query_points, t_count)
     tracks = np.repeat(qp[:, None, [2, 1]], t_count, axis=1)
     return tracks, np.zeros(tracks.shape[:2], dtype=bool)
